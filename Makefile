@@ -1,0 +1,39 @@
+# One entry point for people and CI: every target installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := espeak-ng libportaudio2
+
+.PHONY: install system-deps demo test bench clean
+
+install: system-deps $(STAMP)
+
+# Debian packages: espeak-ng makes speech for examples and training data; libportaudio2 backs sounddevice.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# torch==2.13.0 goes in first (a CPU build on this kind of machine); setup.cfg's range then adds nothing.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/lipsync-rt infer --face examples/face.jpg --audio examples/speech.wav --outfile results/demo.mp4
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_infer.py
+
+clean:
+	rm -rf $(VENV) results build *.egg-info
