@@ -40,11 +40,11 @@ def placeholder_generator(seed: int = 0) -> Wav2Lip:
     return model.eval()
 
 
-def load_generator(checkpoint_path: Optional[str], log: TextIO = sys.stderr) -> tuple[nn.Module, str]:
+def load_generator(checkpoint_path: Optional[str], log: Optional[TextIO] = None) -> tuple[nn.Module, str]:
     """The generator to run and a short description of where it came from (for logs and reports)."""
     if checkpoint_path:
         return load_checkpoint(checkpoint_path, kind="generator"), str(checkpoint_path)
     if DEFAULT_GENERATOR.is_file():
         return load_checkpoint(DEFAULT_GENERATOR, kind="generator"), f"bundled default ({DEFAULT_GENERATOR.name})"
-    print(PLACEHOLDER_WARNING, file=log)
+    print(PLACEHOLDER_WARNING, file=log if log is not None else sys.stderr)
     return placeholder_generator(), "untrained placeholder"

@@ -97,11 +97,17 @@ def lipsync_frames(
 
 
 def run_inference(
-    options: InferOptions, engine: Optional[Engine] = None, progress: bool = True, log: TextIO = sys.stderr
+    options: InferOptions, engine: Optional[Engine] = None, progress: bool = True, log: Optional[TextIO] = None
 ) -> InferReport:
     """Run the whole job; the output file appears only if every step succeeded."""
     started = time.perf_counter()
     _check_inputs(options)
+    # The checkpoint is checked first: a wrong one should fail in a second, not after face tracking.
+    if engine is None:
+        model, model_name = load_generator(options.checkpoint_path, log=log)
+        engine = TorchEngine(model, device=options.device)
+    else:
+        model_name = getattr(engine, "name", "engine")
     source = read_face_source(
         options.face, fps=options.fps, resize_factor=options.resize_factor, rotate=options.rotate, crop=options.crop
     )
@@ -122,11 +128,6 @@ def run_inference(
         progress=progress,
     )
 
-    if engine is None:
-        model, model_name = load_generator(options.checkpoint_path, log=log)
-        engine = TorchEngine(model, device=options.device)
-    else:
-        model_name = getattr(engine, "name", "engine")
     blender = Blender(options.blend)
 
     bar = tqdm(total=count, unit="frame", desc="lip sync", disable=not progress, file=log, leave=False)

@@ -3,6 +3,12 @@
 Kept apart from any engine so that the offline path, the live pipeline and the training data loader
 build exactly the same inputs as the reference: a 96x96 BGR crop, its lower half zeroed (rows 48..95)
 as the target, the unmasked crop as the reference, both scaled to [0, 1].
+
+The arrays are also laid out in memory as the reference's are: NHWC data viewed as NCHW (the
+reference transposes numpy arrays and hands them to torch without a copy). oneDNN picks its CPU
+convolution algorithm by memory layout, and the last bits of the output, hence the uint8 pixels
+after truncation, depend on it; with the same layout the public checkpoints give the reference's
+frames bit for bit.
 """
 
 from __future__ import annotations
@@ -24,16 +30,18 @@ def crop_face(frame: np.ndarray, box: Box) -> np.ndarray:
 
 
 def face_input(crops: np.ndarray, references: np.ndarray | None = None) -> np.ndarray:
-    """``B x 6 x 96 x 96`` float32: masked target crops, then reference crops (the same, by default)."""
+    """``B x 6 x 96 x 96`` float32 (reference layout): masked targets, then references (default: the same)."""
     crops = np.asarray(crops)
     references = crops if references is None else np.asarray(references)
     masked = crops.copy()
     masked[:, IMG_SIZE // 2 :] = 0
-    stacked = np.concatenate((masked, references), axis=3).astype(np.float32) / 255.0
-    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+    # Divide in float64 and round once to float32, as the reference's numpy -> FloatTensor path does.
+    stacked = (np.concatenate((masked, references), axis=3) / 255.0).astype(np.float32)
+    return stacked.transpose(0, 3, 1, 2)
 
 
 def mel_input(windows: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-    """``B x 1 x 80 x 16`` float32 from a stack of ``80 x 16`` mel windows."""
-    return np.ascontiguousarray(np.asarray(windows, dtype=np.float32)[:, None])
+    """``B x 1 x 80 x 16`` float32 from a stack of ``80 x 16`` mel windows (reference layout)."""
+    stacked = np.asarray(windows, dtype=np.float32)
+    return stacked.reshape(*stacked.shape, 1).transpose(0, 3, 1, 2)
 

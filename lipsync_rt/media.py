@@ -313,6 +313,16 @@ def _as_rate(fps: float | Fraction) -> Fraction:
     return rate
 
 
+def to_i420(image: np.ndarray) -> np.ndarray:
+    """BGR -> planar BT.601 limited-range YUV 4:2:0, the layout libx264 and VP8 encode.
+
+    OpenCV's conversion keeps greys neutral (chroma exactly 128). FFmpeg's default swscale path,
+    which ``VideoFrame.from_ndarray(..., 'bgr24')`` + encode would use, rounds chroma to 127 and luma
+    down by one: a visible green cast, and white comes back as (250, 253, 251).
+    """
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2YUV_I420)
+
+
 def _even_size(image: np.ndarray) -> np.ndarray:
     """yuv420p needs even sides: replicate the last row/column rather than lose a line of pixels."""
     h, w = image.shape[:2]
@@ -431,7 +441,7 @@ class Mp4Writer:
             if self._size is None:
                 self._start(w, h)
                 self._flush_pending_audio()
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_even_size(image)), format="bgr24")
+            frame = av.VideoFrame.from_ndarray(to_i420(_even_size(image)), format="yuv420p")
             frame.pts, frame.time_base = pts, 1 / self.rate
             self._mux(self._video.encode(frame))
             self._last_pts = pts

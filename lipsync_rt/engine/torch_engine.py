@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import LipSyncError
 from ..models.blocks import ConvBlock, ConvTransposeBlock
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -41,10 +42,16 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
-    """``auto`` (or None) picks CUDA when present; anything else is passed to torch."""
+    """``auto`` (or None) picks CUDA when present; a device that is not there is a user error."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LipSyncError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LipSyncError(f"device {device!r} was asked for, but no CUDA device is available here")
+    return resolved
 
 
 class TorchEngine:
@@ -59,7 +66,8 @@ class TorchEngine:
         self.width = getattr(model, "width", 1.0)
 
     def _tensor(self, array: ArrayLike) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)) if isinstance(array, np.ndarray) else array
+        # No contiguous copy: the caller's memory layout decides oneDNN's algorithm (see lipsync.py).
+        tensor = torch.from_numpy(np.asarray(array, dtype=np.float32)) if isinstance(array, np.ndarray) else array
         return tensor.to(self.device, torch.float32)
 
     @torch.inference_mode()
