@@ -1,7 +1,10 @@
 """The PyTorch engine: the reference network, made cheaper for inference without changing its maths.
 
-On the CPU the generator's 50 BatchNorm layers are folded into the convolutions before them (an exact
-rewrite up to float rounding), which removes a full read and write of every feature map.
+The generator's 50 BatchNorm layers are folded into the convolutions before them (an exact rewrite up
+to float rounding), which removes a full read and write of every feature map, and the weights are
+stored channels-last, which oneDNN's CPU convolutions run fastest. Both change only the last bits of
+the output (at most one grey level after the uint8 cast); ``exact=True`` runs the network untouched,
+for bit-exact comparisons with the reference implementation.
 """
 
 from __future__ import annotations
@@ -59,10 +62,12 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: Optional[str] = "cpu", fold_bn: bool = True):
+    def __init__(self, model: nn.Module, device: Optional[str] = "cpu", exact: bool = False):
         self.device = resolve_device(device)
         model = model.eval()
-        self.model = (fold_batchnorm(model) if fold_bn else model).to(self.device)
+        if not exact:
+            model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+        self.model = model.to(self.device)
         self.width = getattr(model, "width", 1.0)
 
     def _tensor(self, array: ArrayLike) -> torch.Tensor:
