@@ -19,6 +19,7 @@ from .models import Wav2Lip, load_checkpoint
 
 ASSETS = Path(__file__).with_name("assets")
 DEFAULT_GENERATOR = ASSETS / "wav2lip_lite.pth"
+DEFAULT_EXPERT = ASSETS / "lipsync_expert_lite.pth"  # the expert that trained it, for sync scoring
 PLACEHOLDER_WIDTH = 0.25
 
 PLACEHOLDER_WARNING = (
