@@ -253,13 +253,14 @@ def test_expert_resume_continues_from_the_saved_step(corpus_root, expert_run, tm
     summary = train_expert.main([
         "--data_root", str(corpus_root), "--checkpoint_dir", str(resumed), *TINY, "--batch_size", "4",
         "--steps", "5", "--eval_interval", "100", "--checkpoint_interval", "100", "--offsync_windows", "0",
-        "--eval_samples", "4", "--resume", str(common.checkpoint_path(out, 2)),
+        "--eval_samples", "4", "--resume", str(common.checkpoint_path(out, 2)), "--lr", "5e-5",
     ])
     assert summary["step"] == 5
     state = load_training_state(common.checkpoint_path(resumed, 5))
     assert state["global_step"] == 5
     # Adam counts its own steps: 5 means the 2 saved ones were restored, not restarted from zero.
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {5}
+    assert state["optimizer"]["param_groups"][0]["lr"] == 5e-5  # the --lr given now, not the saved one
     assert not common.checkpoint_path(resumed, 1).exists()  # no "step 1" checkpoint: it did not restart
 
 

@@ -228,8 +228,13 @@ def resume_model(path: str | os.PathLike, kind: str) -> tuple[torch.nn.Module, d
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], log: logging.Logger) -> None:
+    """Adam's moments from the checkpoint; the learning rate stays the one given now (--lr), so a
+    resumed run can lower it, which loading the saved param groups alone would silently undo."""
     if state.get("optimizer"):
+        lrs = [group["lr"] for group in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
     else:
         log.warning("the checkpoint holds no optimizer state; Adam restarts from zero moments")
 
