@@ -104,7 +104,7 @@ def run_inference(
     _check_inputs(options)
     # The checkpoint is checked first: a wrong one should fail in a second, not after face tracking.
     if engine is None:
-        model, model_name = load_generator(options.checkpoint_path, log=log)
+        model, model_name = load_generator(options.checkpoint_path)
         engine = TorchEngine(model, device=options.device)
     else:
         model_name = getattr(engine, "name", "engine")

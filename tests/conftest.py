@@ -10,13 +10,27 @@ import numpy as np
 import pytest
 
 from lipsync_rt.audio import SAMPLE_RATE, load_audio
-from lipsync_rt.default_model import placeholder_generator
+import torch
+
+from lipsync_rt.models import Wav2Lip
 from lipsync_rt.media import Mp4Writer
 from lipsync_rt.models import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_FACE = ROOT / "examples" / "face.jpg"
 EXAMPLE_SPEECH = ROOT / "examples" / "speech.wav"
+
+
+def seeded_generator(seed: int = 0, width: float = 0.25) -> Wav2Lip:
+    """An untrained generator with deterministic weights: real code paths, reproducible outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    model = Wav2Lip(width=width)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                bound = (6.0 / (param[0].numel() + param.shape[0])) ** 0.5
+                param.copy_(torch.empty_like(param).uniform_(-bound, bound, generator=generator))
+    return model.eval()
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
@@ -88,4 +102,4 @@ def silent_video(data_dir, photo) -> Path:
 @pytest.fixture(scope="session")
 def generator_checkpoint(data_dir) -> Path:
     """A small seeded generator in the public checkpoint format."""
-    return save_checkpoint(data_dir / "generator.pth", placeholder_generator(seed=3), global_step=1)
+    return save_checkpoint(data_dir / "generator.pth", seeded_generator(seed=3), global_step=1)

@@ -42,11 +42,19 @@ def test_success_prints_a_summary(tmp_path, speech, generator_checkpoint, capsys
     assert capsys.readouterr().out.startswith(f"wrote {out}: ")
 
 
-def test_placeholder_is_announced(tmp_path, speech, capsys):
-    out = tmp_path / "placeholder.mp4"
+def test_bundled_default_model_is_used_without_a_checkpoint(tmp_path, speech, capsys):
+    out = tmp_path / "default.mp4"
     assert main(["infer", "--quiet", "--face", str(EXAMPLE_FACE), "--audio", str(speech), "--outfile", str(out)]) == 0
-    captured = capsys.readouterr()
-    assert "UNTRAINED PLACEHOLDER" in captured.err and "untrained placeholder" in captured.out
+    assert "model: bundled lite model (wav2lip_lite.pth)" in capsys.readouterr().out
+
+
+def test_missing_bundled_model_is_a_clear_error(tmp_path, speech, capsys, monkeypatch):
+    from lipsync_rt import default_model
+
+    monkeypatch.setattr(default_model, "DEFAULT_GENERATOR", tmp_path / "gone.pth")
+    out = tmp_path / "x.mp4"
+    assert main(["infer", "--quiet", "--face", str(EXAMPLE_FACE), "--audio", str(speech), "--outfile", str(out)]) == 1
+    assert "bundled default model is missing" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.fixture(scope="module")
