@@ -6,7 +6,6 @@ from the project's stages: PyAV for media, MediaPipe for faces, a batched engine
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

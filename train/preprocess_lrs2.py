@@ -43,15 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-_TRAIN_DIR = Path(__file__).resolve().parent
-_REPO = _TRAIN_DIR.parent
-if str(_REPO) not in sys.path:          # run as a script from anywhere: the package lives one level up
-    sys.path.insert(0, str(_REPO))
+if __package__ in (None, ""):  # run as a script: make `train` and `lipsync_rt` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-try:                                      # imported as part of a package (train.preprocess_lrs2)
-    from . import corpus_utils as cu     # type: ignore[no-redef]
-except ImportError:                       # run as a script, or with train/ on sys.path
-    import corpus_utils as cu            # type: ignore[no-redef]
+from train import corpus_utils as cu
 
 from lipsync_rt.errors import MediaError
 from lipsync_rt.face import KEYFRAME_INTERVAL

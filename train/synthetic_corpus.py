@@ -94,15 +94,10 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-_TRAIN_DIR = Path(__file__).resolve().parent
-_REPO = _TRAIN_DIR.parent
-if str(_REPO) not in sys.path:          # run as a script from anywhere: the package lives one level up
-    sys.path.insert(0, str(_REPO))
+if __package__ in (None, ""):  # run as a script: make `train` and `lipsync_rt` importable from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-try:                                      # imported as part of a package (train.synthetic_corpus)
-    from . import corpus_utils as cu     # type: ignore[no-redef]
-except ImportError:                       # run as a script, or with train/ on sys.path
-    import corpus_utils as cu            # type: ignore[no-redef]
+from train import corpus_utils as cu
 
 from lipsync_rt.face.boxes import FACE_OVAL, NUM_LANDMARKS, box_from_landmarks
 
@@ -159,7 +154,7 @@ INNER_LOWER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
 EYES = ((33, 133), (362, 263))
 CHIN = 152
 
-NASA_PHOTO = _REPO / "examples" / "face.jpg"
+NASA_PHOTO = Path(__file__).resolve().parents[1] / "examples" / "face.jpg"
 
 
 def _matplotlib_photo() -> Optional[Path]:
@@ -838,7 +833,7 @@ class DrawnFace:
         _fill(img, np.vstack([outer, np.stack([xs, hairline], axis=1)]), self.hair)
 
     def _eyes(self, img: np.ndarray, blink: float) -> None:
-        c, b = self.c, self.b
+        c = self.c
         w, h = self.eye_w, self.eye_h
         for sgn in (-1, 1):
             ex, ey = c + sgn * self.eye_dx, self.y_eye
