@@ -8,6 +8,7 @@ failed run leaves a half-written file behind.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from typing import Optional, Sequence
@@ -104,6 +105,33 @@ def _run_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands that live in their own module. Each module is cheap to import (heavy imports happen inside
+# ``run``) and offers ``DESCRIPTION``, ``EPILOG`` (optional), ``add_arguments(parser)`` and ``run(args) -> int``.
+COMMANDS = (
+    ("build-engine", "lipsync_rt.commands.build_engine", "build an ONNX, int8 or TensorRT engine from a checkpoint"),
+    ("demo", "lipsync_rt.commands.demo", "live lip sync: webcam or avatar + microphone (or a file) to a virtual camera"),
+    ("serve", "lipsync_rt.commands.serve", "WebRTC server and browser page: camera or avatar mode"),
+)
+BENCHMARKS = (
+    ("engine", "lipsync_rt.bench.engine", "frames/s and latency per engine and batch size, against eager PyTorch"),
+    ("pipeline", "lipsync_rt.bench.pipeline", "end-to-end latency, A/V offset and drops of the live pipeline"),
+    ("webrtc", "lipsync_rt.bench.webrtc", "concurrent WebRTC sessions over loopback: fps, latency, drops, CPU"),
+)
+
+
+def _add_module_command(subparsers: argparse._SubParsersAction, name: str, module_name: str, summary: str) -> None:
+    module = importlib.import_module(module_name)
+    p = subparsers.add_parser(
+        name,
+        help=summary,
+        description=getattr(module, "DESCRIPTION", summary),
+        epilog=getattr(module, "EPILOG", None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(p)
+    p.set_defaults(run=module.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lipsync-rt",
@@ -114,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (and tracebacks) to stderr")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_infer(subparsers)
+    for name, module, summary in COMMANDS:
+        _add_module_command(subparsers, name, module, summary)
+    bench = subparsers.add_parser(
+        "bench",
+        help="measure engines, the live pipeline or WebRTC sessions (JSON + PNG plot)",
+        description="Benchmarks. Every figure comes with a baseline measured in the same run and the machine.",
+    )
+    bench_commands = bench.add_subparsers(title="benchmarks", metavar="BENCHMARK")
+    for name, module, summary in BENCHMARKS:
+        _add_module_command(bench_commands, name, module, summary)
+    bench.set_defaults(run=lambda args: (bench.print_help(sys.stderr), 2)[1])
     return parser
 
 

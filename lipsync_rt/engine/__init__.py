@@ -1,12 +1,13 @@
 """Inference engines: one protocol, several backends (see design.md, Engines)."""
 
-from typing import Protocol
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .torch_engine import TorchEngine, fold_batchnorm, resolve_device
 
 
+@runtime_checkable
 class Engine(Protocol):
     """What every backend offers: a batch of mel windows and face inputs in, generated faces out."""
 
@@ -17,4 +18,18 @@ class Engine(Protocol):
         ...
 
 
-__all__ = ["Engine", "TorchEngine", "fold_batchnorm", "resolve_device"]
+@runtime_checkable
+class SplitEngine(Engine, Protocol):
+    """An engine that can run the face encoder alone, so avatar frames are encoded once and reused.
+
+    ``encode_face`` returns the generator's seven skip features (``Wav2Lip.encode_face``, outermost
+    first) as float32 arrays with batch first; ``infer_encoded`` runs the audio encoder and the decoder
+    on them. ``infer_encoded(mel, encode_face(face)) == infer(mel, face)`` within float rounding.
+    """
+
+    def encode_face(self, face: np.ndarray) -> list[np.ndarray]: ...
+
+    def infer_encoded(self, mel: np.ndarray, features: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+__all__ = ["Engine", "SplitEngine", "TorchEngine", "fold_batchnorm", "resolve_device"]

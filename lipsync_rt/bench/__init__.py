@@ -1,0 +1,1 @@
+"""``lipsync-rt bench ...``: benchmarks that always measure a baseline in the same run."""
