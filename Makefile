@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := espeak-ng libportaudio2
+APT_PACKAGES := espeak-ng libportaudio2 chromium
 
 .PHONY: install system-deps demo test bench clean
 
 install: system-deps $(STAMP)
 
-# Debian packages: espeak-ng makes speech for examples and training data; libportaudio2 backs sounddevice.
+# Debian packages: espeak-ng makes speech for examples and training data; libportaudio2 backs sounddevice;
+# chromium is the real browser of the WebRTC tests (Playwright drives it; no browser download).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -32,7 +33,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Every benchmark measures its own baseline in the same run; results and plots land in benchmarks/.
 bench: install
+	$(BIN)/lipsync-rt bench engine --json benchmarks/engine_cpu.json --plot benchmarks/engine_cpu.png
+	$(BIN)/lipsync-rt bench pipeline --engine torch --json benchmarks/pipeline_cpu.json --plot benchmarks/pipeline_cpu.png
+	$(BIN)/lipsync-rt bench webrtc --engine torch --json benchmarks/webrtc_cpu.json --plot benchmarks/webrtc_cpu.png
 	$(BIN)/python benchmarks/bench_infer.py
 
 clean:

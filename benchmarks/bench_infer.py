@@ -4,7 +4,8 @@ Three figures from one run over the same frames:
   * baseline: a plain eager PyTorch loop, ``model(mel, face)`` under ``no_grad`` in batches, as the
     reference inference.py runs it (model time only: inputs are prepared beforehand);
   * engine: the project's torch CPU engine (BatchNorm folded, inference mode) on the same batches;
-  * infer: the whole ``lipsync-rt infer`` job (decode, face tracking, model, blending, H.264/AAC encode).
+  * infer: the whole ``lipsync-rt infer`` job (decode, face tracking, model, blending, H.264/AAC encode),
+    once with the torch engine (the default) and once with the int8 engine (``--engine int8``).
 Speed does not depend on the weight values, so a seeded full-size network stands in for wav2lip.pth.
 Results are ratios against the baseline measured in the same run; the machine is recorded with them.
 """
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lipsync_rt.audio import load_audio, mel_chunks, melspectrogram  # noqa: E402
-from lipsync_rt.engine import TorchEngine  # noqa: E402
+from lipsync_rt.engine import TorchEngine, build_engine, load_engine  # noqa: E402
 from lipsync_rt.face import analyse_clip  # noqa: E402
 from lipsync_rt.infer import InferOptions, run_inference  # noqa: E402
 from lipsync_rt.lipsync import crop_face, face_input, mel_input  # noqa: E402
@@ -114,6 +115,9 @@ def main() -> int:
             checkpoint_path=str(ckpt), wav2lip_batch_size=args.batch, device="cpu",
         )
         report = run_inference(options, progress=False)
+        # The same job on the int8 engine, built beforehand (building is a one-off, not part of a job).
+        int8 = load_engine(build_engine(str(ckpt), "int8", tmp / "engines"), str(ckpt))
+        int8_report = run_inference(options, engine=int8, progress=False)
 
     results = {
         "machine": machine(),
@@ -123,8 +127,10 @@ def main() -> int:
         "baseline_eager_fps": count / eager_s,
         "engine_fps": count / engine_s,
         "infer_fps": report.frames / report.seconds,
+        "infer_int8_fps": int8_report.frames / int8_report.seconds,
         "engine_vs_baseline": eager_s / engine_s,
         "infer_vs_baseline": (report.frames / report.seconds) / (count / eager_s),
+        "infer_int8_vs_baseline": (int8_report.frames / int8_report.seconds) / (count / eager_s),
     }
     print(json.dumps(results, indent=2))
     if args.json:

@@ -14,6 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
+from .commands import ENGINE_CHOICES, ENGINE_HELP
 from .errors import LipSyncError
 
 EXAMPLES = """\
@@ -71,6 +72,8 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--blend", choices=("feather", "none"), default="feather",
                    help="feather: soft lower-face mask with colour matching (default); none: the reference's "
                    "hard rectangular paste, for comparisons")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
+                   help=f"{ENGINE_HELP} (default: torch, which gives the reference's frames)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_infer)
 
@@ -95,6 +98,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         nosmooth=args.nosmooth,
         device=args.device,
         blend=args.blend,
+        engine=args.engine,
     )
     report = run_inference(options, progress=not args.quiet)
     note = f", {report.frames_without_face} without a face (passed through)" if report.frames_without_face else ""

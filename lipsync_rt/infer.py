@@ -1,11 +1,14 @@
 """Offline lip sync: a face video or photo plus any audio in, an mp4 out.
 
-This is the reference ``inference.py`` job (same options, same frame/mel alignment, same crops), built
-from the project's stages: PyAV for media, MediaPipe for faces, a batched engine, feathered blending.
+This is the reference ``inference.py`` job (same options, same frame/mel alignment, same crops), run as
+one wiring of the streaming graph (``lipsync_rt.pipeline``) in offline mode: the clip is analysed as a
+whole first (boxes smoothed over 5 frames, as the reference does), then played through a session as
+an avatar with the speech pushed in, and the session's frames and audio are encoded as they come.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +17,16 @@ from typing import Iterator, Optional, Sequence, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from .audio import load_audio, mel_chunks, melspectrogram
+from .audio import SAMPLE_RATE, load_audio, mel_chunks, melspectrogram
 from .blend import Blender
 from .default_model import load_generator
 from .engine import Engine, TorchEngine
 from .errors import LipSyncError, MediaError
 from .face import ClipFaces, analyse_clip
+from .io.sinks import CallbackSink, run_sinks
 from .lipsync import crop_face, face_input, mel_input
 from .media import Mp4Writer, read_face_source
+from .pipeline import Avatar, LipSyncSession, SessionConfig, SessionStats
 
 NO_BOX = (-1, -1, -1, -1)
 
@@ -46,6 +51,7 @@ class InferOptions:
     nosmooth: bool = False
     device: str = "auto"
     blend: str = "feather"
+    engine: str = "torch"  # one of engine.ENGINE_KINDS; torch gives the reference's frames
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,9 @@ def lipsync_frames(
 ) -> Iterator[np.ndarray]:
     """Output frame i = frame ``i mod len(frames)`` with its mouth generated from mel window i.
 
-    Frames without a face pass through unchanged; the engine sees only frames that have one.
+    Frames without a face pass through unchanged; the engine sees only frames that have one. This is
+    the reference's batch loop, kept as the oracle that the streaming graph's offline mode (which
+    ``run_inference`` uses) is tested against, frame for frame.
     """
     for start in range(0, len(chunks), batch_size):
         ids = [i % len(frames) for i in range(start, min(len(chunks), start + batch_size))]
@@ -95,6 +103,18 @@ def lipsync_frames(
                 yield frames[j]
 
 
+async def _stream(engine: Engine, avatar: Avatar, config: SessionConfig, wav: np.ndarray, writer: Mp4Writer,
+                  bar: tqdm) -> SessionStats:
+    """Push the whole speech into an offline session and write what comes out, encoding off the loop."""
+    async with LipSyncSession(engine, avatar=avatar, config=config) as session:
+        session.push_audio(wav, SAMPLE_RATE)
+        session.end_of_input()
+        sink = CallbackSink(on_frame=lambda frame: writer.write_video(frame.image),
+                            on_audio=lambda chunk: writer.write_audio(chunk.samples))
+        await run_sinks(session, [sink], on_frame=lambda frame: bar.update())
+    return session.stats()
+
+
 def run_inference(
     options: InferOptions, engine: Optional[Engine] = None, progress: bool = True, log: Optional[TextIO] = None
 ) -> InferReport:
@@ -102,7 +122,12 @@ def run_inference(
     started = time.perf_counter()
     _check_inputs(options)
     # The checkpoint is checked first: a wrong one should fail in a second, not after face tracking.
-    if engine is None:
+    if engine is None and options.engine != "torch":
+        from .engine import create_engine
+
+        engine = create_engine(options.engine, options.checkpoint_path, device=options.device, progress=progress)
+        model_name = f"{engine.name} engine of {options.checkpoint_path or 'the bundled lite model'}"
+    elif engine is None:
         model, model_name = load_generator(options.checkpoint_path)
         engine = TorchEngine(model, device=options.device)
     else:
@@ -127,14 +152,16 @@ def run_inference(
         progress=progress,
     )
 
-    blender = Blender(options.blend)
-
+    # The streaming graph in offline mode: nothing dropped or paced, same frames as lipsync_frames.
+    avatar = Avatar(frames, faces, fps=source.fps, name=source.name)
+    config = SessionConfig(fps=source.fps, live=False, batch_size=options.wav2lip_batch_size, blend=options.blend,
+                           encoder_cache=False)
     bar = tqdm(total=count, unit="frame", desc="lip sync", disable=not progress, file=log, leave=False)
     with Mp4Writer(options.outfile, source.rate) as writer:
-        for frame in lipsync_frames(frames, faces, chunks, engine, blender, options.wav2lip_batch_size):
-            writer.write_video(frame)
-            bar.update()
-        writer.write_audio(wav)
+        stats = asyncio.run(_stream(engine, avatar, config, wav, writer, bar))
+        if stats.engine_errors:
+            raise LipSyncError(f"the engine failed on {stats.engine_errors} batch(es) (run with -v for the "
+                               "errors); no output was written")
     bar.close()
     missing = sum(1 for i in range(count) if not faces.has_face[i % len(frames)])
     return InferReport(

@@ -8,13 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from lipsync_rt.audio import SAMPLE_RATE, load_audio
 import torch
 
-from lipsync_rt.models import Wav2Lip
+from lipsync_rt.audio import SAMPLE_RATE, load_audio
 from lipsync_rt.media import Mp4Writer
-from lipsync_rt.models import save_checkpoint
+from lipsync_rt.models import Wav2Lip, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_FACE = ROOT / "examples" / "face.jpg"

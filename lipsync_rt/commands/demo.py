@@ -1,13 +1,149 @@
-"""Placeholder: being written (see the issue); replaced by the real command."""
+"""``lipsync-rt demo``: live lip sync on this machine.
+
+Webcam + microphone in, virtual camera out, by default; ``--face avatar.mp4`` replaces the webcam
+with a prepared avatar, ``--audio FILE`` replaces the microphone with a file played in real time
+(a dry run that needs no sound card), and ``--output FILE.mp4`` records instead of (or without) a
+virtual camera. All of them are wirings of one ``LipSyncSession``.
+"""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+import time
 
-DESCRIPTION = "Not written yet."
+from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+
+DESCRIPTION = (
+    "Live lip sync: a webcam (or an avatar clip/photo with --face) and a microphone (or an audio file "
+    "played in real time with --audio) in; a virtual camera (or an mp4 file) out. Shows fps, latency and "
+    "dropped frames while it runs; Ctrl-C stops it (an mp4 being written is finalised)."
+)
+EPILOG = """\
+examples:
+  lipsync-rt demo                                      # webcam + microphone -> virtual camera
+  lipsync-rt demo --face examples/face.jpg             # avatar + microphone -> virtual camera
+  lipsync-rt demo --face examples/face.jpg --audio examples/speech.wav --output out.mp4   # dry run
+
+The virtual camera on Linux is a v4l2loopback device:
+  sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=lipsync-rt exclusive_caps=1
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--face", help="avatar video or photo (default: the webcam)")
+    parser.add_argument("--camera", help="webcam device (default: /dev/video0 on Linux, 0 on macOS, "
+                        "'video=Integrated Camera' on Windows)")
+    parser.add_argument("--audio", help="play this audio file in real time instead of the microphone (dry run)")
+    parser.add_argument("--mic", help="microphone device name or index (default: the system default)")
+    parser.add_argument("--output", default="virtualcam",
+                        help="'virtualcam' (default) or an .mp4 file to record to")
+    parser.add_argument("--vcam_device", help="virtual camera device, e.g. /dev/video10 (default: the first one)")
+    parser.add_argument("--vcam_backend", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
+    parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled model)")
+    parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C, "
+                        "or the end of --audio)")
+    parser.add_argument("--overhead_ms", type=float, help="processing budget D - L in ms (default: measured)")
+    parser.add_argument("--quiet", action="store_true", help="no status line")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("lipsync-rt: error: this command is not written yet")
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from lipsync_rt.engine.factory import create_engine
+    from lipsync_rt.errors import LipSyncError
+    from lipsync_rt.io import FileSource, Microphone, Mp4Sink, VirtualCamera, Webcam, run_sinks
+    from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
+
+    if args.output != "virtualcam" and not args.output.lower().endswith(".mp4"):
+        raise LipSyncError(f"--output must be 'virtualcam' or a file ending in .mp4, got {args.output!r}")
+    if args.duration is not None and args.duration <= 0:
+        raise LipSyncError(f"--duration must be > 0, got {args.duration}")
+    loop = asyncio.get_running_loop()
+    engine = await loop.run_in_executor(None, create_engine, args.engine, args.checkpoint_path)
+    avatar = None
+    if args.face:
+        avatar = await loop.run_in_executor(None, lambda: Avatar.prepare(args.face, engine, fps=args.fps))
+
+    # Open every device before starting, so a missing one is an error before anything runs.
+    camera = microphone = None
+    opened = []
+    try:
+        if avatar is None:
+            camera = Webcam(args.camera, fps=args.fps)
+            opened.append(camera.stop)
+        size = (avatar.frames[0].shape[1], avatar.frames[0].shape[0]) if avatar else (camera.width, camera.height)
+        if args.output == "virtualcam":
+            sink = VirtualCamera(args.fps, device=args.vcam_device, backend=args.vcam_backend,
+                                 width=size[0], height=size[1])
+        else:
+            sink = Mp4Sink(args.output, args.fps)
+        source = None
+        if args.audio:
+            source = FileSource(args.audio, realtime=True, video=False, seconds=args.duration)
+        else:
+            microphone = Microphone(args.mic)
+
+        config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms)
+        session = LipSyncSession(engine, avatar=avatar, config=config)
+        await session.start()
+        status = _Status(session, sink, quiet=args.quiet)
+        tasks = []
+        if source is not None:
+            tasks.append(loop.create_task(source.run(session)))
+        else:
+            microphone.start(session.push_audio)
+            opened.append(microphone.stop)
+        if camera is not None:
+            camera.start(session.push_video, on_end=session.end_of_input)
+        if args.duration is not None and source is None:
+            loop.call_later(args.duration, session.end_of_input)
+        try:
+            await run_sinks(session, [sink], on_frame=status.frame)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await session.close()
+            status.done()
+    finally:
+        for stop in reversed(opened):
+            stop()
+    stats = session.stats()
+    where = sink.name if isinstance(sink, VirtualCamera) else args.output
+    print(f"sent {stats.frames_out} frames to {where} ({stats.frames_generated} lip-synced, "
+          f"{stats.frames_dropped} dropped, {stats.engine_errors} engine errors); "
+          f"delay {stats.delay * 1000:.0f} ms (look-ahead {stats.lookahead * 1000:.0f} ms)")
+    return 0
+
+
+class _Status:
+    """The one-line status refreshed in the terminal: fps, latency, drops."""
+
+    def __init__(self, session, sink, quiet: bool) -> None:
+        self.session, self.sink = session, sink
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.times: list[float] = []
+        self.last = 0.0
+
+    def frame(self, frame) -> None:
+        now = time.monotonic()
+        self.times.append(now)
+        if len(self.times) > 50:
+            del self.times[:-50]
+        if self.enabled and now - self.last > 0.5:
+            self.last = now
+            fps = (len(self.times) - 1) / (self.times[-1] - self.times[0]) if len(self.times) > 1 else 0.0
+            st = self.session.stats()
+            print(f"\r{fps:5.1f} fps | delay {st.delay * 1000:4.0f} ms | processing p95 "
+                  f"{st.latency_ms['p95']:4.0f} ms | dropped {st.frames_dropped} | no face "
+                  f"{st.frames_without_face}   ", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)

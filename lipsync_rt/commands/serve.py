@@ -1,13 +1,64 @@
-"""Placeholder: being written (see the issue); replaced by the real command."""
+"""``lipsync-rt serve``: the WebRTC server and its browser page."""
+
+from __future__ import annotations
 
 import argparse
+import os
 
-DESCRIPTION = "Not written yet."
+from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+
+DESCRIPTION = (
+    "Serve lip sync over WebRTC: open the printed address in a browser. Camera mode sends your webcam and "
+    "microphone and returns your face lip-synced to your voice; avatar mode sends the microphone (or an audio "
+    "file) and returns a prepared avatar speaking it. Many sessions share one engine through a micro-batcher."
+)
+EPILOG = """\
+examples:
+  lipsync-rt serve                                   # http://127.0.0.1:8080, avatar 'face' = examples/face.jpg
+  lipsync-rt serve --avatar anna=anna.mp4 --avatar bob=bob.jpg --max-sessions 8
+  lipsync-rt serve --host 0.0.0.0 --token s3cret --stun stun:stun.example.org:3478
+    (then open http://HOST:8080/?token=s3cret; browsers allow the camera only on https or localhost)
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("LIPSYNC_RT_TOKEN"),
+                        help="require this token on /offer, /close and /metrics (default: $LIPSYNC_RT_TOKEN, "
+                        "else none)")
+    parser.add_argument("--avatar", action="append", default=[], metavar="NAME=PATH",
+                        help="an avatar photo or clip, offered by NAME (repeatable; default: face=examples/face.jpg)")
+    parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
+    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--max-sessions", type=int, default=4, help="sessions served at once; more get a 503 "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=16, help="most frames per engine call across sessions "
+                        "(default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
+    parser.add_argument("--blend", choices=("feather", "none"), default="feather", help="paste-back mode")
+    parser.add_argument("--stun", action="append", default=[], metavar="URL",
+                        help="STUN/TURN server for ICE, e.g. stun:stun.example.org:3478 (repeatable; default: "
+                        "none, so no outside server is contacted; needed only across NATs)")
+    parser.add_argument("--max-body", type=int, default=128 * 1024, help="largest request body in bytes "
+                        "(default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("lipsync-rt: error: this command is not written yet")
+    import asyncio
+
+    from ..errors import LipSyncError
+    from ..webrtc import ServerConfig, default_avatar_specs, parse_avatar_specs
+    from ..webrtc.server import serve_forever
+
+    config = ServerConfig(host=args.host, port=args.port, token=args.token or None, max_sessions=args.max_sessions,
+                          max_body=args.max_body, ice_servers=tuple(args.stun))
+    avatars = parse_avatar_specs(args.avatar) if args.avatar else default_avatar_specs()
+    if args.fps <= 0:
+        raise LipSyncError(f"--fps must be > 0, got {args.fps}")
+    from ..engine.factory import create_engine
+
+    engine = create_engine(args.engine, args.checkpoint_path, device=args.device)
+    asyncio.run(serve_forever(engine, avatars, config, fps=args.fps, blend=args.blend, max_batch=args.max_batch))
+    return 0

@@ -4,6 +4,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from .avatar import AvatarFeatures
+from .batcher import BatcherStats, MicroBatcher
 from .torch_engine import TorchEngine, fold_batchnorm, resolve_device
 
 
@@ -32,4 +34,10 @@ class SplitEngine(Engine, Protocol):
     def infer_encoded(self, mel: np.ndarray, features: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
-__all__ = ["Engine", "SplitEngine", "TorchEngine", "fold_batchnorm", "resolve_device"]
+__all__ = ["AvatarFeatures", "Engine", "SplitEngine", "TorchEngine", "fold_batchnorm", "resolve_device"]
+__all__ += ["BatcherStats", "MicroBatcher"]
+from .artifact import build_engine, load_engine  # noqa: E402
+from .factory import ENGINE_KINDS, create_engine  # noqa: E402
+from .onnx_engine import OnnxEngine  # noqa: E402
+
+__all__ += ["ENGINE_KINDS", "OnnxEngine", "build_engine", "create_engine", "load_engine"]

@@ -1,0 +1,108 @@
+"""Sinks: what consumes a session's frames and audio. The session already paces its output, so a
+sink only writes; :func:`run_sinks` runs every write in one worker thread (encoders are not
+thread-safe, and encoding must not block the event loop) in the order the items came."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from fractions import Fraction
+from typing import Callable, Optional, Protocol, Sequence
+
+from lipsync_rt.errors import MediaError
+from lipsync_rt.pipeline import OutputAudio, OutputFrame
+
+
+class Sink(Protocol):
+    def write_video(self, frame: OutputFrame) -> None: ...
+
+    def write_audio(self, chunk: OutputAudio) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Mp4Sink:
+    """An mp4 (H.264 + AAC) written atomically; :meth:`close` finalises it, also after Ctrl-C.
+
+    Video keeps the session's pts (a dropped slot or a camera that started late leaves a gap the
+    player fills by holding the previous frame); audio is contiguous from sample 0, like the pts.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | Fraction = 25, *, audio: bool = True) -> None:
+        from lipsync_rt.media import Mp4Writer
+
+        self.path = path
+        self._writer = Mp4Writer(path, fps, audio=audio, audio_rate=16000)
+        self._audio = audio
+        self.frames = 0
+
+    def write_video(self, frame: OutputFrame) -> None:
+        self._writer.write_video(frame.image, pts=frame.pts)
+        self.frames += 1
+
+    def write_audio(self, chunk: OutputAudio) -> None:
+        if self._audio:
+            self._writer.write_audio(chunk.samples)
+
+    def close(self) -> None:
+        """Finish the file; with no frame written there is nothing to keep (no file is left)."""
+        if self.frames == 0:
+            self._writer.abort()
+            return
+        self._writer.close()
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class CallbackSink:
+    """Hands every frame (and audio chunk) to user callbacks, called in the sink worker thread."""
+
+    def __init__(self, on_frame: Optional[Callable[[OutputFrame], None]] = None,
+                 on_audio: Optional[Callable[[OutputAudio], None]] = None) -> None:
+        self.on_frame, self.on_audio = on_frame, on_audio
+
+    def write_video(self, frame: OutputFrame) -> None:
+        if self.on_frame is not None:
+            self.on_frame(frame)
+
+    def write_audio(self, chunk: OutputAudio) -> None:
+        if self.on_audio is not None:
+            self.on_audio(chunk)
+
+    def close(self) -> None:
+        pass
+
+
+async def run_sinks(session, sinks: Sequence[Sink], *, on_frame: Optional[Callable[[OutputFrame], None]] = None) -> None:
+    """Feed ``session.video()`` and ``session.audio()`` to ``sinks`` until both end, then close them.
+
+    ``on_frame`` runs on the event loop for each frame (status lines, counters). A sink that raises
+    ends the run with that error; the sinks are closed either way (an mp4 is finalised, not lost).
+    """
+    loop = asyncio.get_running_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lipsync-sink")
+
+    def each(method: str, item) -> None:
+        for sink in sinks:
+            getattr(sink, method)(item)
+
+    async def pump(stream, method: str) -> None:
+        async for item in stream:
+            if on_frame is not None and method == "write_video":
+                on_frame(item)
+            await loop.run_in_executor(pool, each, method, item)
+
+    try:
+        await asyncio.gather(pump(session.video(), "write_video"), pump(session.audio(), "write_audio"))
+    finally:
+        errors = []
+        for sink in sinks:
+            try:
+                await loop.run_in_executor(pool, sink.close)
+            except MediaError as e:
+                errors.append(e)
+        pool.shutdown(wait=True)
+        if errors:
+            raise errors[0]

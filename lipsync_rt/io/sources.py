@@ -1,0 +1,109 @@
+"""A media file as a source: its audio (and, for camera mode, its video) pushed into a session at
+the pace it would have been captured, or as fast as the session takes it offline.
+
+Real-time playback is how tests, benchmarks and the demo's ``--audio`` dry run drive the live graph
+through exactly the code paths a microphone and a webcam use. Audio goes in ``chunk_ms`` pieces,
+each pushed when its last sample would have been recorded (as a sound card delivers it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from lipsync_rt.audio import SAMPLE_RATE, load_audio
+from lipsync_rt.errors import MediaError
+
+
+class FileSource:
+    """Plays ``path`` into a session: ``await source.run(session)``; ends with ``end_of_input()``.
+
+    ``video``: also push the file's frames (camera mode); by default when the session has no avatar.
+    ``loop``: start over at the end until ``seconds`` have played (``seconds`` None: play once).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, realtime: bool = True, chunk_ms: float = 10.0,
+                 video: Optional[bool] = None, seconds: Optional[float] = None, loop: bool = False) -> None:
+        self.path = Path(path)
+        self.realtime = realtime
+        self.chunk = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
+        self.video = video
+        self.seconds = seconds
+        self.loop = loop
+        self.audio = load_audio(self.path)
+        self.frames_pushed = 0
+        self.samples_pushed = 0
+        self.started: Optional[float] = None
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+    def _audio_stream(self):
+        total = len(self.audio) if self.seconds is None else int(self.seconds * SAMPLE_RATE)
+        if not self.loop:
+            total = min(total, len(self.audio))
+        pos = 0
+        while pos < total:
+            piece = self.audio[pos % len(self.audio):][: min(self.chunk, total - pos)]
+            yield pos, piece
+            pos += piece.size
+
+    async def run(self, session) -> None:
+        """Push everything, then ``end_of_input`` (also when this task is cancelled or fails)."""
+        with_video = self.video if self.video is not None else session.avatar is None
+        try:
+            tasks = [self._push_audio(session)]
+            if with_video:
+                tasks.append(self._push_video(session))
+            self.started = time.monotonic()
+            await asyncio.gather(*tasks)
+        finally:
+            session.end_of_input()
+
+    async def _push_audio(self, session) -> None:
+        for pos, piece in self._audio_stream():
+            if self.realtime:
+                await _sleep_until(self.started + (pos + piece.size) / SAMPLE_RATE)
+            else:
+                await asyncio.sleep(0)
+            session.push_audio(piece, SAMPLE_RATE)
+            self.samples_pushed += piece.size
+
+    async def _push_video(self, session) -> None:
+        from lipsync_rt.media import iter_video_frames
+
+        loop = asyncio.get_running_loop()
+        limit = self.seconds if self.seconds is not None else self.duration
+        offset = 0.0
+        while True:
+            frames = iter_video_frames(self.path)
+            last_time = offset
+            count = 0
+            while True:
+                frame = await loop.run_in_executor(None, next, frames, None)
+                if frame is None:
+                    break
+                t = offset + float(frame.pts * frame.time_base)
+                if t >= limit:
+                    frames.close()
+                    return
+                if self.realtime:
+                    await _sleep_until(self.started + t)
+                session.push_video(frame.image, capture_time=time.monotonic())
+                self.frames_pushed += 1
+                last_time, count = t, count + 1
+            if count == 0:
+                raise MediaError(f"{self.path}: no video frames")
+            if not self.loop:
+                return
+            offset = last_time + (last_time - offset) / max(count - 1, 1)
+
+
+async def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)

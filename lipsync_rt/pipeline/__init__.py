@@ -1,0 +1,21 @@
+"""The streaming lip-sync pipeline: one graph for offline files, the live demo and WebRTC.
+
+```python
+from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
+
+avatar = Avatar.prepare("face.mp4", engine)
+async with LipSyncSession(engine, avatar=avatar, config=SessionConfig(live=True)) as session:
+    session.push_audio(pcm, 24000)        # from a TTS stream, a microphone, ...
+    async for frame in session.video():   # paced: frame i leaves at T0 + i/fps + D
+        ...
+```
+"""
+
+from .avatar import Avatar
+from .clock import LOOKAHEAD, LoopLagProbe, MediaClock
+from .config import SessionConfig, SessionStats
+from .messages import OutputAudio, OutputFrame
+from .session import LipSyncSession
+
+__all__ = ["Avatar", "LipSyncSession", "SessionConfig", "SessionStats", "OutputFrame", "OutputAudio",
+           "MediaClock", "LoopLagProbe", "LOOKAHEAD"]

@@ -1,0 +1,100 @@
+"""A face photo or clip prepared once for avatar mode: frames, boxes, landmarks, crops, features.
+
+Preparing is the expensive part of avatar mode (decoding, face analysis, the face encoder) and none
+of it depends on the audio, so it happens once: face analysis goes through ``face.analyse_file``'s
+cache (a second run on the same file skips MediaPipe), and with a SplitEngine the face encoder's
+features of every frame are computed here (``engine.avatar.AvatarFeatures``), so each output frame
+costs only the audio encoder and the decoder.
+
+Output frame i shows avatar frame ``i mod N`` (``loop``, the batch ``infer`` behaviour) or walks the
+clip forwards then backwards (``pingpong``: no jump where the clip ends). Frames without a face pass
+through unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from lipsync_rt.face import ClipFaces, FaceTrack, analyse_file
+from lipsync_rt.lipsync import crop_face, face_input
+
+
+def _split_engine(engine: object) -> Optional[object]:
+    """The SplitEngine behind ``engine`` (a MicroBatcher is unwrapped), or None."""
+    inner = getattr(engine, "engine", engine)
+    if callable(getattr(inner, "encode_face", None)) and callable(getattr(inner, "infer_encoded", None)):
+        return inner
+    return None
+
+
+class Avatar:
+    """Prepared avatar data. ``rows[j]`` is avatar frame j's row in ``crops``/``features`` (-1: no face)."""
+
+    def __init__(self, frames: Sequence[np.ndarray], faces: ClipFaces, *, fps: float = 25.0,
+                 name: str = "avatar", features=None) -> None:
+        if not frames:
+            raise ValueError("an avatar needs at least one frame")
+        self.frames = list(frames)
+        self.faces = faces
+        self.fps = float(fps)
+        self.name = name
+        self.rows = np.full(len(self.frames), -1, np.int64)
+        with_face = [j for j in range(len(self.frames)) if faces.has_face[j % len(faces)]]
+        self.rows[with_face] = np.arange(len(with_face))
+        self.crops = (np.stack([crop_face(self.frames[j], faces.boxes[j % len(faces)]) for j in with_face])
+                      if with_face else np.zeros((0, 96, 96, 3), np.uint8))
+        self.features = features
+
+    @classmethod
+    def prepare(cls, path: str | os.PathLike, engine=None, *, fps: float = 25.0,
+                pads: Sequence[int] = (0, 10, 0, 0)) -> "Avatar":
+        """Decode, analyse (cached) and, with a SplitEngine, encode an avatar file. Blocking.
+
+        Raises NoFaceError when no frame has a face, MediaError for unreadable files. The encoder runs
+        on the calling thread: prepare avatars before sessions share the engine.
+        """
+        from lipsync_rt.media import read_face_source
+
+        source = read_face_source(path, fps=fps)
+        faces = analyse_file(path, source.frames, pads=tuple(pads), static=source.is_image)
+        frames = source.frames[:1] if source.is_image else source.frames
+        avatar = cls(frames, faces, fps=source.fps, name=Path(path).name)
+        if engine is not None:
+            avatar.encode(engine)
+        return avatar
+
+    def encode(self, engine, batch_size: int = 16) -> bool:
+        """Compute the face-encoder features with ``engine`` if it is a SplitEngine; True if done."""
+        split = _split_engine(engine)
+        if split is None or len(self.crops) == 0:
+            return False
+        from lipsync_rt.engine.avatar import AvatarFeatures
+
+        self.features = AvatarFeatures.compute(split, face_input(self.crops), batch_size=batch_size)
+        return True
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def index(self, i: int, mode: str = "loop") -> int:
+        """Avatar frame shown at output frame ``i``."""
+        n = len(self.frames)
+        if mode == "pingpong" and n > 1:
+            j = i % (2 * n - 2)
+            return j if j < n else 2 * n - 2 - j
+        return i % n
+
+    def track(self, j: int) -> Optional[FaceTrack]:
+        return self.faces.track(j) if self.rows[j] >= 0 else None
+
+    @property
+    def frames_without_face(self) -> int:
+        return int(np.count_nonzero(self.rows < 0))
+
+    def __repr__(self) -> str:
+        feats = f", {self.features!r}" if self.features is not None else ""
+        return f"Avatar({self.name!r}, {len(self)} frames at {self.fps:g} fps{feats})"

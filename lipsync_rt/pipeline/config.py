@@ -1,0 +1,88 @@
+"""A session's settings and the figures it reports.
+
+Times are seconds on the audio-sample master clock unless a name says otherwise (``_ms``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lipsync_rt.errors import LipSyncError
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How one :class:`~lipsync_rt.pipeline.LipSyncSession` runs.
+
+    ``live``: real-time pacing (video frame i and its audio leave at ``T0 + i/fps + D``), the oldest
+    waiting video is dropped when processing falls behind, audio is never dropped, D is fixed.
+    Offline: nothing is dropped or paced, stages throttle each other through bounded queues, and the
+    output equals the batch ``infer`` path.
+
+    ``overhead_ms`` is the processing budget D - L. None picks it at start() from a warm-up
+    measurement of the engine (``LipSyncSession._auto_overhead``).
+    ``audio_grace_ms``: in live mode, audio that is this late is replaced by silence (then appended
+    when it comes), so one slow push does not make every later frame miss its release time.
+    ``skip_silence``: frames whose whole mel window lies in such filled silence are not generated
+    (an idle avatar costs no inference); they leave as pass-through frames.
+    ``avatar_loop``: ``"loop"`` (frame i uses avatar frame i mod N, as ``infer``) or ``"pingpong"``
+    (forwards then backwards, no jump at the end of the clip).
+    ``encoder_cache``: avatar mode with a SplitEngine reuses the avatar's face-encoder features.
+    """
+
+    fps: float = 25.0
+    live: bool = True
+    batch_size: int = 4
+    blend: str = "feather"
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)
+    overhead_ms: float | None = None
+    audio_grace_ms: float = 20.0
+    audio_chunk: int = 320
+    skip_silence: bool = True
+    avatar_loop: str = "loop"
+    encoder_cache: bool = True
+    keyframe_interval: int = 10
+    queue_frames: int = 8
+    max_wait_ms: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not self.fps > 0:
+            raise LipSyncError(f"fps must be > 0, got {self.fps}")
+        if self.batch_size < 1:
+            raise LipSyncError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.overhead_ms is not None and self.overhead_ms < 0:
+            raise LipSyncError(f"overhead_ms must be >= 0, got {self.overhead_ms}")
+        if self.audio_chunk < 1:
+            raise LipSyncError(f"audio_chunk must be >= 1 sample, got {self.audio_chunk}")
+        if self.avatar_loop not in ("loop", "pingpong"):
+            raise LipSyncError(f"avatar_loop must be 'loop' or 'pingpong', got {self.avatar_loop!r}")
+        if self.queue_frames < 1:
+            raise LipSyncError(f"queue_frames must be >= 1, got {self.queue_frames}")
+        object.__setattr__(self, "pads", tuple(int(p) for p in self.pads))
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """A snapshot of a session's counters.
+
+    ``frames_dropped``: frames whose lip-sync result was dropped (left a full queue, or was not ready
+    at its release time); the original frame left in its place. ``frames_idle``: frames not generated
+    because their audio was filled-in silence. ``engine_errors``: failed engine batches (their frames
+    passed through). ``latency_ms``: release time minus ``capture_time`` of the newest input that drove
+    the frame, over generated frames. ``overhead_ms``: per generated frame, the time from its mel
+    window's last sample being due (T0 + t_i + L) to the frame being ready; D - L must exceed it.
+    """
+
+    frames_out: int
+    frames_generated: int
+    frames_dropped: int
+    frames_idle: int
+    engine_errors: int
+    frames_without_face: int
+    audio_samples_out: int
+    silence_samples: int
+    latency_ms: dict[str, float]
+    overhead_ms: dict[str, float]
+    delay: float
+    lookahead: float
+    stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)

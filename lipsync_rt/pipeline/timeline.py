@@ -1,0 +1,126 @@
+"""The session's audio timeline (sample positions on the master clock) and its mel windows.
+
+:class:`Timeline` holds the 16 kHz samples between being written (pushed audio, or silence put in
+for audio that did not come in time) and being released to the sinks, and remembers where the
+filled-in silence lies. :class:`MelFramer` turns the same samples into one 80x16 window per video
+frame with ``StreamingMel``, with exactly ``audio.mel_chunks``'s frame count and windows, including
+its final window clamped to the last 16 columns.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+import numpy as np
+
+from lipsync_rt.audio import HOP, MEL_STEP, N_MELS, StreamingMel
+
+from .clock import MediaClock
+
+
+class Timeline:
+    """Samples by absolute position. ``end`` is the write position; ``closed`` after end of input."""
+
+    def __init__(self, store: bool = True) -> None:
+        self.store = store
+        self.end = 0
+        self.closed = False
+        self.silence_samples = 0
+        self._chunks: deque[tuple[int, np.ndarray]] = deque()   # (start, samples)
+        self._silence: list[list[int]] = []                       # merged [start, stop) intervals
+
+    def append(self, samples: np.ndarray, silence: bool = False) -> int:
+        """Write samples at the end; returns their start position."""
+        start = self.end
+        n = int(samples.size)
+        if n == 0:
+            return start
+        if self.store:
+            self._chunks.append((start, samples))
+        if silence:
+            self.silence_samples += n
+            if self._silence and self._silence[-1][1] == start:
+                self._silence[-1][1] = start + n
+            else:
+                self._silence.append([start, start + n])
+        self.end += n
+        return start
+
+    def is_silence(self, start: int, stop: int) -> bool:
+        """True when [start, stop) lies inside one stretch of filled-in silence (clipped to the stream)."""
+        start, stop = max(start, 0), min(stop, self.end)     # the stream's ends mirror what is inside
+        for a, b in reversed(self._silence):
+            if a <= start and stop <= b:
+                return True
+            if b <= start:
+                break
+        return False
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) (stop clipped to ``end``); positions already discarded raise."""
+        stop = min(stop, self.end)
+        out = np.zeros(max(0, stop - start), np.float32)
+        for a, chunk in self._chunks:
+            b = a + chunk.size
+            if b <= start:
+                continue
+            if a >= stop:
+                break
+            lo, hi = max(a, start), min(b, stop)
+            out[lo - start:hi - start] = chunk[lo - a:hi - a]
+        if self._chunks and self._chunks[0][0] > start and stop > start:
+            raise ValueError(f"timeline samples before {self._chunks[0][0]} were discarded")
+        return out
+
+    def discard_before(self, position: int) -> None:
+        while self._chunks and self._chunks[0][0] + self._chunks[0][1].size <= position:
+            self._chunks.popleft()
+        while len(self._silence) > 1 and self._silence[0][1] <= position - 8000:
+            self._silence.pop(0)
+
+
+class MelFramer:
+    """Samples in, ``(frame index, window[80, 16])`` out as soon as each window's columns are final."""
+
+    def __init__(self, clock: MediaClock) -> None:
+        self.clock = clock
+        self._mel = StreamingMel()
+        self._cols = np.zeros((N_MELS, 0), np.float32)
+        self._base = 0          # absolute index of self._cols[:, 0]
+        self.next_index = 0
+        self.finished = False
+
+    def push(self, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        return self._add(self._mel.push(samples), final=False)
+
+    def flush(self) -> list[tuple[int, np.ndarray]]:
+        """End of stream: the remaining windows, then ``mel_chunks``'s final clamped window."""
+        self.finished = True
+        return self._add(self._mel.flush(), final=True)
+
+    def window_samples(self, index: int) -> tuple[int, int]:
+        """The sample range [start, stop) that frame ``index``'s window reads."""
+        first = self.clock.mel_start(index)
+        return first * HOP - StreamingMel.lookahead_samples, (first + MEL_STEP - 1) * HOP + StreamingMel.lookahead_samples
+
+    def _add(self, columns: np.ndarray, final: bool) -> list[tuple[int, np.ndarray]]:
+        if columns.shape[1]:
+            self._cols = np.concatenate((self._cols, columns), axis=1)
+        total = self._base + self._cols.shape[1]
+        out = []
+        while True:
+            start = self.clock.mel_start(self.next_index)
+            if start + MEL_STEP > total:
+                break
+            out.append((self.next_index, self._window(start)))
+            self.next_index += 1
+        if final and total >= MEL_STEP:
+            out.append((self.next_index, self._window(total - MEL_STEP)))
+            self.next_index += 1
+        keep = min(self.clock.mel_start(self.next_index), total - MEL_STEP) if not final else total
+        if keep > self._base:
+            self._cols = self._cols[:, keep - self._base:]
+            self._base = keep
+        return out
+
+    def _window(self, start: int) -> np.ndarray:
+        return np.ascontiguousarray(self._cols[:, start - self._base:start - self._base + MEL_STEP])

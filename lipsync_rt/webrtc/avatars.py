@@ -1,0 +1,56 @@
+"""The avatars a server offers: named on the command line, prepared once at startup.
+
+Clients choose an avatar by NAME; the paths stay on the server. Preparation (face boxes, landmarks,
+face-encoder features) is blocking work, so it runs in an executor, once per avatar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..errors import LipSyncError
+
+EXAMPLE_FACE = Path(__file__).resolve().parents[2] / "examples" / "face.jpg"
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def parse_avatar_specs(specs: Sequence[str]) -> dict[str, Path]:
+    """``["NAME=PATH", ...]`` -> ``{NAME: PATH}``; names are short and plain, files must exist."""
+    avatars: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise LipSyncError(f"--avatar takes NAME=PATH, got {spec!r}")
+        if not NAME.match(name):
+            raise LipSyncError(f"avatar name {name!r} must be 1-64 letters, digits, '_', '-' or '.'")
+        if name in avatars:
+            raise LipSyncError(f"avatar name {name!r} is given twice")
+        if not Path(path).is_file():
+            raise LipSyncError(f"avatar {name!r}: no such file: {path}")
+        avatars[name] = Path(path)
+    return avatars
+
+
+def default_avatar_specs() -> dict[str, Path]:
+    """One avatar, ``face``, from the example photo, when it is there (a source checkout)."""
+    return {"face": EXAMPLE_FACE} if EXAMPLE_FACE.is_file() else {}
+
+
+async def prepare_avatars(paths: dict[str, Path], engine: Any, *, fps: float = 25.0,
+                          pads: tuple[int, int, int, int] = (0, 10, 0, 0),
+                          loop: Optional[asyncio.AbstractEventLoop] = None) -> dict[str, Any]:
+    """``Avatar.prepare`` each one in an executor, one after the other (they share the engine)."""
+    from ..pipeline import Avatar
+
+    loop = loop or asyncio.get_running_loop()
+    prepared = {}
+    for name, path in paths.items():
+        try:
+            prepared[name] = await loop.run_in_executor(
+                None, lambda p=path: Avatar.prepare(p, engine, fps=fps, pads=pads))
+        except LipSyncError as error:
+            raise LipSyncError(f"avatar {name!r}: {error}") from None
+    return prepared

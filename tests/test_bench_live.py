@@ -1,0 +1,48 @@
+"""``lipsync-rt bench pipeline`` and ``bench webrtc`` end to end, on short runs with the bundled model.
+
+The figures themselves are not asserted (speed lives in benchmarks, not tests); what is checked is that
+each run measures what it reports: a baseline next to the results, the machine, consistent counts, and a
+plot that is a real PNG.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lipsync_rt.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_pipeline_reports_latency_offset_drops_and_a_baseline(tmp_path, capsys):
+    out, png = tmp_path / "pipeline.json", tmp_path / "pipeline.png"
+    assert main(["bench", "pipeline", "--seconds", "2", "--engine", "torch", "--overhead_ms", "150",
+                 "--json", str(out), "--plot", str(png)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["cores"] >= 1 and result["baseline_engine_ms"]["p50"] > 0
+    assert result["delay_ms"] == pytest.approx(result["lookahead_ms"] + 150)
+    assert result["frames_out"] >= 25 and result["frames_generated"] > 0       # 2 s at 25 fps, most generated
+    assert result["frames_out"] == len(result["series"]["t"])
+    assert result["av_offset_ms"]["max"] <= 1000 / 25                         # within one frame
+    for key in ("end_to_end_ms", "overhead_ms", "loop_lag_ms"):
+        assert result[key]["p99"] == result[key]["p99"]                       # measured, not NaN
+    assert png.read_bytes()[:8] == PNG
+    assert "end to end" in capsys.readouterr().out
+
+
+def test_bench_pipeline_refuses_a_bad_duration(capsys):
+    assert main(["bench", "pipeline", "--seconds", "0"]) == 1
+    assert capsys.readouterr().err.strip().startswith("lipsync-rt: error: --seconds")
+
+
+def test_bench_webrtc_runs_a_session_over_loopback(tmp_path):
+    out, png = tmp_path / "webrtc.json", tmp_path / "webrtc.png"
+    assert main(["bench", "webrtc", "--sessions", "1", "--seconds", "2", "--warmup", "1", "--engine", "torch",
+                 "--json", str(out), "--plot", str(png)]) == 0
+    result = json.loads(out.read_text())
+    (step,) = result["steps"]
+    assert step["sessions"] == 1 and step["fps"]["min"] > 0
+    assert result["machine"]["cores"] >= 1 and "engine" in result
+    assert png.read_bytes()[:8] == PNG
