@@ -16,7 +16,7 @@ from conftest import seeded_generator
 from lipsync_rt.audio import SAMPLE_RATE, load_audio
 from lipsync_rt.engine import TorchEngine
 from lipsync_rt.errors import LipSyncError, MediaError
-from lipsync_rt.io import FileSource, Microphone, Mp4Sink, VirtualCamera, Webcam, run_sinks
+from lipsync_rt.io import FileSource, Mp4Sink, VirtualCamera, Webcam, run_sinks
 from lipsync_rt.media import probe
 from lipsync_rt.pipeline import Avatar, LipSyncSession, OutputFrame, SessionConfig
 

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lipsync_rt.atomic import atomic_path
 from lipsync_rt.models import build_from_state_dict, extract_state_dict, load_training_state
 
 from train.dataset import SKIP_KINDS
@@ -239,16 +239,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
         log.warning("the checkpoint holds no optimizer state; Adam restarts from zero moments")
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,11 +305,9 @@ def plot_metrics(
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def save_sample_grid(path: str | os.PathLike, rows: Sequence[tuple[str, torch.Tensor]], items: int = 4) -> None:
@@ -331,8 +319,6 @@ def save_sample_grid(path: str | os.PathLike, rows: Sequence[tuple[str, torch.Te
             strip = np.concatenate(list(seq), axis=1).copy()  # T frames side by side, BGR
             cv2.putText(strip, label, (2, 10), cv2.FONT_HERSHEY_PLAIN, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
             strips.append(strip)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), np.concatenate(strips, axis=0)):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    with atomic_path(path, ".png") as tmp:
+        if not cv2.imwrite(str(tmp), np.concatenate(strips, axis=0)):
+            raise OSError(f"could not write {path}")

@@ -25,6 +25,8 @@ from typing import Iterable, Iterator, Mapping
 import cv2
 import numpy as np
 
+from lipsync_rt.atomic import write_text_atomic
+
 FPS = 25
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS      # 640: video frame t is samples [640 t, 640 (t + 1))
@@ -116,20 +118,6 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(_TMP_PREFIX)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file so readers see the old or the new content, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_filelists(root: str | os.PathLike, splits: Mapping[str, Iterable[str]]) -> None:

@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: make `train` and `lipsync_rt` 
 
 from train import corpus_utils as cu
 
+from lipsync_rt.atomic import write_text_atomic
 from lipsync_rt.errors import MediaError
 from lipsync_rt.face import KEYFRAME_INTERVAL
 
@@ -233,7 +234,7 @@ def preprocess(data_root: str | Path, out_root: str | Path, workers: int = WORKE
         for o in outcomes.values():                       # a retried video that now worked
             if o.status in ("done", "exists"):
                 skipped.pop(o.name, None)
-        cu.write_text_atomic(out_root / SKIPPED_FILE,
+        write_text_atomic(out_root / SKIPPED_FILE,
                              "".join(f"{k}\t{v}\n" for k, v in sorted(skipped.items())))
     return [outcomes[clip_name(v)] for v in videos]
 

@@ -99,6 +99,7 @@ if __package__ in (None, ""):  # run as a script: make `train` and `lipsync_rt` 
 
 from train import corpus_utils as cu
 
+from lipsync_rt.atomic import write_text_atomic
 from lipsync_rt.face.boxes import FACE_OVAL, NUM_LANDMARKS, box_from_landmarks
 
 # ------------------------------------------------------------------------------------------------
@@ -1157,7 +1158,7 @@ def build_clip(job: ClipJob) -> dict:
         for i, crop in enumerate(clip.crops):
             cu.write_jpg(tmp / f"{i}.jpg", crop, job.settings.jpeg_quality)
         cu.write_wav(tmp / "audio.wav", clip.audio)
-        cu.write_text_atomic(meta_path, json.dumps(clip.meta, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(meta_path, json.dumps(clip.meta, indent=1, sort_keys=True) + "\n")
     if job.preview:
         from lipsync_rt.media import Mp4Writer
 
@@ -1233,7 +1234,7 @@ def build_corpus(out: str | os.PathLike, settings: Settings, workers: int = WORK
         raise ValueError(f"{out} holds a corpus built with other settings (see its manifest.json); "
                          "use another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    cu.write_text_atomic(manifest_path, manifest)
+    write_text_atomic(manifest_path, manifest)
     used = {i.photo for i in identities if i.kind == "photo"}
     landmarks = photo_landmarks({k: v for k, v in photos.items() if k in used})
 

@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import default_collate
 
+from lipsync_rt.atomic import write_json_atomic
 from lipsync_rt.models import QualityDiscriminator, Wav2Lip, load_checkpoint, save_checkpoint
 from train import common
 from train import dataset as data
@@ -300,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
         if d.is_main and (step == 1 or step % cfg.checkpoint_interval == 0 or last):
             path = save_checkpoint(common.checkpoint_path(out_dir, step), generator, optimizer, step, epoch)
-            common.write_json_atomic(sidecar_path(path), {"global_step": step, "syncnet_wt": syncnet_wt,
+            write_json_atomic(sidecar_path(path), {"global_step": step, "syncnet_wt": syncnet_wt,
                                                           "expert_checkpoint": str(cfg.expert_checkpoint), "eval": last_eval})
             if disc is not None:
                 save_checkpoint(common.checkpoint_path(out_dir, step, "disc_"), disc, disc_optimizer, step, epoch)

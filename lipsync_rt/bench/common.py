@@ -6,14 +6,14 @@ Figures are only comparable on the same machine in the same run, so every result
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from ..atomic import atomic_path, write_json_atomic
 
 
 def cpu_name() -> str:
@@ -58,18 +58,7 @@ def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95, 99)) -> 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically (a reader never sees half a file), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=float)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, payload)
 
 
 def pyplot():
@@ -85,16 +74,9 @@ def pyplot():
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return path
+    return Path(path)

@@ -19,13 +19,13 @@ shapes and enqueues on the engine's own (non-default) torch stream.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
+from ..atomic import write_bytes_atomic
 from ..errors import LipSyncError
 
 PathLike = Union[str, os.PathLike]
@@ -55,19 +55,6 @@ def _trt_major(trt) -> int:
         return int(str(trt.__version__).split(".")[0])
     except ValueError:
         return 0
-
-
-def _write_atomically(path: Path, data) -> None:
-    """Write to a temporary file next to ``path`` and rename it over: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(memoryview(data))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def onnx_to_fp16(model):
@@ -206,9 +193,9 @@ def build_tensorrt_plan(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise LipSyncError(f"TensorRT failed to build a plan from {onnx_path} (its log above says why)")
-    _write_atomically(plan_path, serialized)
+    write_bytes_atomic(plan_path, serialized)
     if cache_path is not None:
-        _write_atomically(cache_path, config.get_timing_cache().serialize())
+        write_bytes_atomic(cache_path, config.get_timing_cache().serialize())
 
 
 def _torch_dtype(trt, dtype):

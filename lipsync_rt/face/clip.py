@@ -8,16 +8,14 @@ store the result once: :class:`ClipFaces` holds per-frame boxes and landmarks as
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from lipsync_rt.atomic import atomic_path
 from lipsync_rt.errors import LipSyncError, MediaError, NoFaceError
 
 from .boxes import DEFAULT_PADS, NUM_LANDMARKS, SMOOTH_WINDOW, Pads, smooth_boxes, validate_fixed_box
@@ -104,19 +102,9 @@ class ClipFaces:
 
     def save(self, path: Union[str, os.PathLike], extra_meta: Optional[dict] = None) -> None:
         """Write an ``.npz`` atomically (a crash never leaves a half-written cache entry)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(extra_meta or {}, **self.meta())
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, meta=np.array(json.dumps(meta)),
-                                    **{name: getattr(self, name) for name in _ARRAYS})
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, meta=np.array(json.dumps(meta)), **{name: getattr(self, name) for name in _ARRAYS})
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "ClipFaces":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -18,6 +17,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_path
 from ..errors import CheckpointError
 from .disc import QualityDiscriminator
 from .syncnet import SyncNet
@@ -163,14 +163,8 @@ def save_checkpoint(
         "global_step": int(global_step),
         "global_epoch": int(global_epoch),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path

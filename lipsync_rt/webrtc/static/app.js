@@ -38,6 +38,7 @@ async function loadConfig() {
 
 function updateForm() {
   $('avatar-label').hidden = $('mode').value !== 'avatar';
+  $('local').hidden = $('mode').value !== 'camera';  // the camera preview, only when there is a camera
   $('audio-file').hidden = $('audio-source').value !== 'file';
 }
 
