@@ -194,3 +194,17 @@ def test_calibration_from_a_face_video(face_video):
     assert len(cal) == 12 and str(face_video) in cal.description
     assert (cal.face[:, :3, 48:] == 0).all() and cal.face[6:, 3:].std() > 0.05
 
+
+
+def test_int8_engine_records_its_arithmetic_and_is_refused_on_a_cpu_without_vnni(built, monkeypatch):
+    from lipsync_rt.engine import quantize
+    from lipsync_rt.engine.artifact import read_metadata
+
+    meta = read_metadata(built["int8"])
+    assert meta.int8_arithmetic == quantize.int8_arithmetic() in ("vnni", "plain")
+    load_engine(built["int8"], DEFAULT_GENERATOR)  # fine on the CPU that built it
+    if meta.int8_arithmetic == "vnni":
+        monkeypatch.setattr(quantize, "int8_arithmetic", lambda: "plain")
+        with pytest.raises(LipSyncError, match="VNNI") as info:
+            load_engine(built["int8"], DEFAULT_GENERATOR)
+        assert "\n" not in str(info.value) and "rebuild" in str(info.value)

@@ -61,6 +61,7 @@ class EngineMetadata:
     features: dict[str, list[int]] = field(default_factory=dict)
     calibration: Optional[str] = None
     device: Optional[str] = None      # tensorrt: the GPU the plan was built for
+    int8_arithmetic: Optional[str] = None  # int8: "vnni" (full-range weights) or "plain" (7-bit ranges)
     format: int = ENGINE_FORMAT
     created: str = ""
     machine: str = ""
@@ -153,6 +154,12 @@ def read_metadata(artifact: PathLike) -> EngineMetadata:
     return metadata
 
 
+def _int8_arithmetic() -> str:
+    from .quantize import int8_arithmetic
+
+    return int8_arithmetic()
+
+
 def check_metadata(
     metadata: EngineMetadata, artifact: PathLike, checkpoint_path: Optional[PathLike] = None, *, verify_files: bool = True
 ) -> None:
@@ -185,6 +192,9 @@ def check_metadata(
             )
     if metadata.kind == "tensorrt" and metadata.device != _gpu_name():
         raise LipSyncError(f"{name} was built for the GPU {metadata.device}, this one is {_gpu_name() or '(none)'}; rebuild it")
+    if metadata.kind == "int8" and metadata.int8_arithmetic == "vnni" and _int8_arithmetic() != "vnni":
+        raise LipSyncError(f"{name} was quantized on a CPU with VNNI int8 instructions; this CPU has none and its "
+                           "int8 arithmetic could overflow on that engine; rebuild it here")
     if not verify_files:
         return
     for role, entry in metadata.files.items():
@@ -349,6 +359,7 @@ def build_engine(
             features=_feature_shapes(model),
             calibration=description,
             device=_gpu_name() if kind == "tensorrt" else "cpu",
+            int8_arithmetic=_int8_arithmetic() if kind == "int8" else None,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             machine=f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         )

@@ -230,8 +230,21 @@ def batched_feeds(arrays: dict[str, np.ndarray], batch: int = CALIBRATION_BATCH)
     return [{k: np.ascontiguousarray(v[i : i + batch]) for k, v in arrays.items()} for i in range(0, n, batch)]
 
 
+def int8_arithmetic() -> str:
+    """``vnni`` when this x86 CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI), else
+    ``plain``. Without them onnxruntime's u8 x s8 kernels add pairs of products in 16 bits, which can
+    saturate on full-range weights: such CPUs need 7-bit ranges (``reduce_range``)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "plain"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "vnni" if {"avx512_vnni", "avx_vnni"} & set(flags) else "plain"
+
+
 def quantize_graph(fp32_path: PathLike, int8_path: PathLike, feeds: Iterable[dict[str, np.ndarray]]) -> None:
-    """Static int8 quantization (QOperator, per-channel weights, MinMax ranges) of one exported graph."""
+    """Static int8 quantization (QOperator, per-channel weights, MinMax ranges) of one exported graph;
+    7-bit ranges on CPUs without VNNI (see ``int8_arithmetic``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -250,5 +263,6 @@ def quantize_graph(fp32_path: PathLike, int8_path: PathLike, feeds: Iterable[dic
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=int8_arithmetic() != "vnni",
             extra_options={"CalibTensorRangeSymmetric": False},
         )
