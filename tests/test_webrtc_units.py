@@ -228,6 +228,8 @@ def test_serve_command_reports_mistakes_in_one_line(capsys, tmp_path):
     assert main(["serve", "--avatar", f"a={tmp_path / 'none.jpg'}"]) == 1
     assert main(["serve", "--stun", "stun.example.org"]) == 1
     assert main(["serve", "--max-sessions", "0"]) == 1
+    assert main(["serve", "--overhead-ms", "-5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("lipsync-rt: error: ") for line in err)
+    assert len(err) == 5 and all(line.startswith("lipsync-rt: error: ") for line in err)
     assert "NAME=PATH" in err[0] and "no such file" in err[1] and "stun:" in err[2] and "max-sessions" in err[3]
+    assert "overhead-ms" in err[4]

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured start of each step (default: %(default)s)")
     parser.add_argument("--mode", choices=("avatar", "camera"), default="avatar", help="session mode (default: avatar)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate per session (default: %(default)s)")
+    parser.add_argument("--overhead-ms", type=float, help="processing budget D - L of every session (default: "
+                        "measured as each session starts)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
@@ -59,7 +61,7 @@ async def _step(engine, avatar, frame, speech, args, count: int) -> dict:
 
     batcher = MicroBatcher(engine, max_batch=args.max_batch)
     server = LipSyncServer(batcher, {"face": avatar}, ServerConfig(max_sessions=count),
-                           session_config=SessionConfig(fps=args.fps))
+                           session_config=SessionConfig(fps=args.fps, overhead_ms=args.overhead_ms))
     try:
         async with listening(server) as url, aiohttp.ClientSession() as http:
             clients = [LoopbackClient(url, mode=args.mode, avatar="face", frames=[frame], speech=speech, fps=args.fps)

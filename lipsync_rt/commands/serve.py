@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=16, help="most frames per engine call across sessions "
                         "(default: %(default)s)")
     parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
+    parser.add_argument("--overhead-ms", type=float, help="processing budget D - L of every session, in ms (default: "
+                        "measured as each session starts, so sessions that start under load get a larger one)")
     parser.add_argument("--blend", choices=("feather", "none"), default="feather", help="paste-back mode")
     parser.add_argument("--stun", action="append", default=[], metavar="URL",
                         help="STUN/TURN server for ICE, e.g. stun:stun.example.org:3478 (repeatable; default: "
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from ..engine.factory import create_engine
     from ..errors import LipSyncError
     from ..webrtc import ServerConfig, default_avatar_specs, parse_avatar_specs
     from ..webrtc.server import serve_forever
@@ -57,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     avatars = parse_avatar_specs(args.avatar) if args.avatar else default_avatar_specs()
     if args.fps <= 0:
         raise LipSyncError(f"--fps must be > 0, got {args.fps}")
-    from ..engine.factory import create_engine
-
+    if args.overhead_ms is not None and args.overhead_ms < 0:
+        raise LipSyncError(f"--overhead-ms must be >= 0, got {args.overhead_ms}")
     engine = create_engine(args.engine, args.checkpoint_path, device=args.device)
-    asyncio.run(serve_forever(engine, avatars, config, fps=args.fps, blend=args.blend, max_batch=args.max_batch))
+    asyncio.run(serve_forever(engine, avatars, config, fps=args.fps, blend=args.blend, max_batch=args.max_batch,
+                              overhead_ms=args.overhead_ms))
     return 0

@@ -252,14 +252,14 @@ async def listening(server: LipSyncServer, host: str = "127.0.0.1", port: int = 
 
 
 async def serve_forever(engine: Any, avatar_paths: dict[str, Path], config: ServerConfig, *, fps: float = 25.0,
-                        blend: str = "feather", max_batch: int = 16, ready: Optional[Callable[[str], None]] = None
-                        ) -> None:
+                        blend: str = "feather", max_batch: int = 16, overhead_ms: Optional[float] = None,
+                        ready: Optional[Callable[[str], None]] = None) -> None:
     """Prepare the avatars, start the server, print its address, and run until cancelled (Ctrl-C)."""
     from ..pipeline import SessionConfig
     from .avatars import prepare_avatars
 
     avatars = await prepare_avatars(avatar_paths, engine, fps=fps)
-    server = LipSyncServer(engine, avatars, config, session_config=SessionConfig(fps=fps, blend=blend),
+    server = LipSyncServer(engine, avatars, config, session_config=SessionConfig(fps=fps, blend=blend, overhead_ms=overhead_ms),
                            max_batch=max_batch)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
