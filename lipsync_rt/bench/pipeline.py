@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default: %(default)s)")
-    parser.add_argument("--overhead_ms", type=float, help="processing budget D - L (default: measured at start)")
+    parser.add_argument("--overhead_ms", "--overhead-ms", type=float,
+                        help="processing budget D - L (default: measured at start)")
     parser.add_argument("--batch_size", type=int, default=4, help="session batch size (default: %(default)s)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot")

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured start of each step (default: %(default)s)")
     parser.add_argument("--mode", choices=("avatar", "camera"), default="avatar", help="session mode (default: avatar)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate per session (default: %(default)s)")
-    parser.add_argument("--overhead-ms", type=float, help="processing budget D - L of every session (default: "
+    parser.add_argument("--overhead-ms", "--overhead_ms", type=float,
+                        help="processing budget D - L of every session (default: "
                         "measured as each session starts)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")

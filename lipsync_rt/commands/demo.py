@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C, "
                         "or the end of --audio)")
-    parser.add_argument("--overhead_ms", type=float, help="processing budget D - L in ms (default: measured)")
+    parser.add_argument("--overhead_ms", "--overhead-ms", type=float,
+                        help="processing budget D - L in ms (default: measured)")
     parser.add_argument("--quiet", action="store_true", help="no status line")
 
 

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=16, help="most frames per engine call across sessions "
                         "(default: %(default)s)")
     parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
-    parser.add_argument("--overhead-ms", type=float, help="processing budget D - L of every session, in ms (default: "
+    parser.add_argument("--overhead-ms", "--overhead_ms", type=float,
+                        help="processing budget D - L of every session, in ms (default: "
                         "measured as each session starts, so sessions that start under load get a larger one)")
     parser.add_argument("--blend", choices=("feather", "none"), default="feather", help="paste-back mode")
     parser.add_argument("--stun", action="append", default=[], metavar="URL",
