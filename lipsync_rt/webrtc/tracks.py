@@ -13,6 +13,7 @@ the master clock of the session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from fractions import Fraction
 from typing import AsyncIterator, Callable, Optional
@@ -162,7 +163,8 @@ async def read_video_newest(
     """Feed the newest incoming video frame to ``push(bgr, capture_time)``; frames overtaken are dropped.
 
     One task drains aiortc's queue as fast as frames come (cheap: no conversion), the other converts
-    and pushes whatever is newest when it is ready, so a slow consumer costs frames, never latency.
+    (in a worker thread) and pushes whatever is newest when it is ready, so a slow consumer costs
+    frames, never latency.
     """
     slot: list = [None]  # (frame, arrival) not yet pushed
     ready = asyncio.Event()
@@ -183,6 +185,7 @@ async def read_video_newest(
             slot[0] = (frame, time.monotonic())
             ready.set()
 
+    loop = asyncio.get_running_loop()
     drainer = asyncio.ensure_future(drain())
     try:
         while True:
@@ -193,7 +196,9 @@ async def read_video_newest(
             superseded = 0
             if slot[0] is not None:
                 (frame, arrived), slot[0] = slot[0], None
-                push(frame.to_ndarray(format="bgr24"), arrived)
+                # YUV -> BGR costs about a millisecond per VGA frame: off the event loop.
+                image = await loop.run_in_executor(None, functools.partial(frame.to_ndarray, format="bgr24"))
+                push(image, arrived)
             if ended:
                 return
     finally:
