@@ -21,7 +21,7 @@ from lipsync_rt.errors import MediaError
 
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "HOP", "WIN", "N_MELS", "MEL_STEP", "MELS_PER_SECOND",
-    "load_audio", "melspectrogram", "mel_chunks", "StreamingMel",
+    "MEL_SILENCE", "load_audio", "melspectrogram", "mel_chunks", "lookahead_samples", "StreamingMel",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ PREEMPHASIS = 0.97
 MIN_LEVEL_DB = -100.0
 REF_LEVEL_DB = 20.0
 MAX_ABS_VALUE = 4.0
+
+MEL_SILENCE = -MAX_ABS_VALUE            # a normalised column of silence (the floor of _normalize)
 
 _PAD = N_FFT // 2                       # centre padding; also the look-ahead of one column
 _BLOCK = 2048                           # columns per rfft batch: bounds memory on long files
@@ -223,7 +225,18 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
 # Frame windows
 
 
-def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
+def lookahead_samples(mel_offset: int = 0) -> int:
+    """How far past frame time t_i a model reads: its window's last column, plus that column's half STFT.
+
+    Frame i's window is columns [int(80 t_i) + mel_offset, +16); the last one is centred on sample
+    (start + 15) * HOP and is final once ``StreamingMel.lookahead_samples`` more have come. The public
+    checkpoints (offset 0) read 3400 samples (212.5 ms) ahead; a window centred on the frame
+    (offset -8) reads 1800 (112.5 ms).
+    """
+    return (MEL_STEP - 1 + int(mel_offset)) * HOP + _PAD
+
+
+def mel_chunks(mel: np.ndarray, fps: float, mel_offset: int = 0) -> np.ndarray:
     """Split an [80, T] mel into one [80, 16] window per output video frame, as inference.py does.
 
     Frame i's window starts at column ``int(i * (80 / fps))`` (the reference's float arithmetic,
@@ -231,6 +244,11 @@ def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
     started one frame earlier (k - 1, facts §6); the checkpoints were nonetheless used this way. When
     a window would run past the end, the last 16 columns are used once more and the list stops, so
     the result's length N is the number of output frames.
+
+    ``mel_offset`` (a model's property, in columns, <= 0; 0 for the public checkpoints, which keep
+    exactly the reference's windows) moves every window's start and applies the same rule to the moved
+    windows, so an earlier window also gives a frame or two more at the end. Columns before the start
+    of the audio read as silence (``MEL_SILENCE``).
     """
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
@@ -246,12 +264,17 @@ def mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
                          "re-encode the audio or add a little noise to it")
 
     step = MELS_PER_SECOND / fps
+    offset = int(mel_offset)
     # enough frame indices to reach the first window that no longer fits (starts never decrease,
     # so filtering equals the reference's stop-at-first); i * step in float64, as upstream.
-    count = int((n_cols - MEL_STEP + 1) / step) + 2
-    starts = (np.arange(count) * step).astype(np.int64)
+    count = int((n_cols - MEL_STEP + 1 - offset) / step) + 2
+    starts = (np.arange(count) * step).astype(np.int64) + offset
     starts = starts[starts + MEL_STEP <= n_cols]
     starts = np.append(starts, n_cols - MEL_STEP)
+    if starts[0] < 0:
+        lead = -int(starts[0])
+        mel = np.concatenate((np.full((N_MELS, lead), MEL_SILENCE, mel.dtype), mel), axis=1)
+        starts = starts + lead
     windows = np.lib.stride_tricks.sliding_window_view(mel, MEL_STEP, axis=1)   # [80, T-15, 16]
     return np.ascontiguousarray(windows[:, starts].transpose(1, 0, 2), dtype=np.float32)
 

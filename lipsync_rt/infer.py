@@ -136,7 +136,7 @@ def run_inference(
         options.face, fps=options.fps, resize_factor=options.resize_factor, rotate=options.rotate, crop=options.crop
     )
     wav = load_audio(options.audio)
-    chunks = mel_chunks(melspectrogram(wav), source.fps)
+    chunks = mel_chunks(melspectrogram(wav), source.fps, getattr(engine, "mel_offset", 0))
     count = len(chunks)
 
     static = options.static or source.is_image

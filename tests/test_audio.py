@@ -13,7 +13,7 @@ import pytest
 import scipy.signal
 
 from lipsync_rt import audio
-from lipsync_rt.audio import (HOP, MEL_STEP, N_MELS, SAMPLE_RATE, StreamingMel, load_audio,
+from lipsync_rt.audio import (N_FFT, HOP, MEL_STEP, N_MELS, SAMPLE_RATE, StreamingMel, load_audio,
                               mel_chunks, melspectrogram)
 from lipsync_rt.errors import LipSyncError, MediaError
 
@@ -266,6 +266,30 @@ def test_mel_chunks_non_integer_fps():
     step = 80 / 29.97
     assert starts[:-1].tolist() == [int(i * step) for i in range(len(starts) - 1)]
     assert starts[-1] == 200 - 16 and starts[-2] + 16 <= 200 < int((len(starts) - 1) * step) + 16
+
+
+@pytest.mark.parametrize("offset", [-1, -8, -15])
+def test_mel_chunks_offset_moves_windows_and_pads_with_silence(offset):
+    n_cols = 100
+    mel = np.tile(np.arange(n_cols, dtype=np.float32), (80, 1))
+    chunks = mel_chunks(mel, 25, mel_offset=offset)
+    starts = chunks[:, 0, 0].astype(int).tolist()
+    # frame i reads [int(3.2 i) + offset, +16); before column 0 the audio is silence
+    lead = -offset
+    np.testing.assert_array_equal(chunks[0][:, :lead], np.full((80, lead), audio.MEL_SILENCE))
+    np.testing.assert_array_equal(chunks[0][0, lead:], np.arange(16 - lead))
+    fitting = [int(i * 3.2) + offset for i in range(200) if int(i * 3.2) + offset + 16 <= n_cols]
+    assert len(chunks) == len(fitting) + 1                  # the same rule on the moved windows, one tail
+    assert [s for s in starts[:-1] if s >= 0] == [s for s in fitting if s >= 0]
+    np.testing.assert_array_equal(chunks[-1], mel[:, -16:])
+    assert len(chunks) >= len(mel_chunks(mel, 25))          # an earlier window never shortens the video
+
+
+@pytest.mark.parametrize("offset", [0, -8])
+def test_lookahead_samples(offset):
+    # the last column a window reads is centred (15 + offset) hops after frame time, plus half an STFT
+    assert audio.lookahead_samples(offset) == (15 + offset) * HOP + N_FFT // 2
+    assert audio.lookahead_samples(0) == 3400 and audio.lookahead_samples(-8) == 1800
 
 
 def test_mel_chunks_errors():

@@ -174,6 +174,22 @@ def test_public_format_keys_and_resume_state(tmp_path, generator):
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
 
 
+def test_mel_offset_round_trips_and_public_files_have_none(tmp_path, generator):
+    path = save_checkpoint(tmp_path / "reference.pth", generator)
+    assert "mel_offset" not in load_training_state(path) and load_checkpoint(path).mel_offset == 0
+    generator.mel_offset = -8
+    try:
+        path = save_checkpoint(tmp_path / "centred.pth", generator)
+    finally:
+        generator.mel_offset = 0
+    assert load_training_state(path)["mel_offset"] == -8 and load_checkpoint(path).mel_offset == -8
+
+
+def test_bad_mel_offset_is_one_line(tmp_path, generator):
+    torch.save({"state_dict": generator.state_dict(), "mel_offset": 5}, tmp_path / "bad.pth")
+    assert "mel_offset" in _error(tmp_path / "bad.pth")
+
+
 def _error(path, kind=None) -> str:
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path, kind=kind)

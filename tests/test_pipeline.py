@@ -280,3 +280,21 @@ def test_camera_session_refuses_misuse(engine, avatar):
         camera.push_audio(np.zeros(10, np.float32), 16000)
     with pytest.raises(LipSyncError, match="blend"):
         asyncio.run(LipSyncSession(engine, avatar=avatar, config=SessionConfig(blend="nope")).start())
+
+
+@pytest.mark.parametrize("offset", [-8, -15])
+def test_streaming_windows_equal_offline_with_mel_offset(offset):
+    from lipsync_rt.pipeline.clock import MediaClock
+    from lipsync_rt.pipeline.timeline import MelFramer
+
+    rng = np.random.default_rng(1)
+    wav = (0.1 * rng.standard_normal(20_123)).astype(np.float32)
+    for fps in (25, 29.97):
+        framer = MelFramer(MediaClock(fps, mel_offset=offset))
+        out = []
+        for a in range(0, wav.size, 777):
+            out += framer.push(wav[a:a + 777])
+        out += framer.flush()
+        assert [i for i, _ in out] == list(range(len(out)))
+        expected = mel_chunks(melspectrogram(wav), fps, mel_offset=offset)
+        np.testing.assert_allclose(np.stack([w for _, w in out]), expected, atol=1e-4)

@@ -283,6 +283,7 @@ class TorchEngine:
             model = fold_batchnorm(model).to(memory_format=torch.channels_last)
         self.model = model.to(self.device, self.dtype)
         self.width = getattr(model, "width", 1.0)
+        self.mel_offset = int(getattr(model, "mel_offset", 0))
         if self.device.type != "cpu" or self.precision != "fp32":
             self.name = f"torch {self.device.type} {self.precision}"
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"

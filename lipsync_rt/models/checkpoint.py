@@ -4,6 +4,11 @@ The public files are ``torch.save`` dicts with ``state_dict``, ``optimizer``, ``
 ``global_epoch``; forks also pass around bare state dicts, and models trained with ``DataParallel``
 carry a ``module.`` prefix. We accept all four, and read them with ``weights_only=True`` so that a
 checkpoint can never run code on the user's machine.
+
+One entry beyond the public format: ``mel_offset`` (int, mel columns), where a model's audio window
+starts relative to the reference's (see :func:`lipsync_rt.audio.lookahead_samples`). It is written only
+when nonzero, so a model trained with the reference alignment saves a file the reference reads as its
+own, and a file without it (every public checkpoint) loads with offset 0.
 """
 
 from __future__ import annotations
@@ -127,14 +132,35 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], kind: Optional
     return model.eval()
 
 
+def read_mel_offset(obj: Any, name: str = "checkpoint") -> int:
+    """The ``mel_offset`` entry of a loaded checkpoint (0 when absent: the public files)."""
+    value = obj.get("mel_offset", 0) if isinstance(obj, Mapping) else 0
+    if value is None:
+        return 0
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_MEL_OFFSET <= value <= 0:
+        raise CheckpointError(f"{name}: mel_offset must be an integer in [-{MAX_MEL_OFFSET}, 0], got {value!r}")
+    return value
+
+
+#: A window may start at most this many columns early: its last column must still be at or after the
+#: frame's own time (offset -15 ends the window on column int(80 t_i)).
+MAX_MEL_OFFSET = 15
+
+
 def load_checkpoint(path: PathLike, kind: Optional[str] = None) -> nn.Module:
     """Load a generator, expert or quality discriminator in eval mode on the CPU.
 
     ``kind`` ("generator", "expert", "disc") is inferred when not given; when given, a checkpoint of
-    another network is refused. The width is inferred from the tensor shapes.
+    another network is refused. The width is inferred from the tensor shapes, and the model's
+    ``mel_offset`` attribute is set from the file.
     """
     path = Path(path)
-    return build_from_state_dict(extract_state_dict(_read(path), str(path)), kind, str(path))
+    obj = _read(path)
+    model = build_from_state_dict(extract_state_dict(obj, str(path)), kind, str(path))
+    model.mel_offset = read_mel_offset(obj, str(path))
+    return model
 
 
 def load_training_state(path: PathLike) -> dict[str, Any]:
@@ -163,6 +189,9 @@ def save_checkpoint(
         "global_step": int(global_step),
         "global_epoch": int(global_epoch),
     }
+    mel_offset = int(getattr(module, "mel_offset", 0))
+    if mel_offset:
+        payload["mel_offset"] = mel_offset
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(payload, handle)
         handle.flush()

@@ -23,6 +23,7 @@ class SyncNet(nn.Module):
     def __init__(self, width: float = 1.0):
         super().__init__()
         self.width = quantize_width(width)
+        self.mel_offset = 0   # where its audio window starts vs the reference's, in mel columns (checkpoint.py)
 
         def c(n: int) -> int:
             return scaled(n, self.width)

@@ -15,12 +15,17 @@ from collections import deque
 from fractions import Fraction
 from typing import Callable, Optional
 
-from lipsync_rt.audio import HOP, MEL_STEP, MELS_PER_SECOND, SAMPLE_RATE, StreamingMel
+from lipsync_rt.audio import MELS_PER_SECOND, SAMPLE_RATE, lookahead_samples
 
-#: The model's own look-ahead: frame i's window ends with column start_i + 15, which is final once
-#: sample (start_i + 15) * HOP + 400 has come (StreamingMel), and start_i * HOP <= t_i * 16000.
-LOOKAHEAD_SAMPLES = (MEL_STEP - 1) * HOP + StreamingMel.lookahead_samples
+#: The public checkpoints' own look-ahead: frame i's window ends with column start_i + 15, which is
+#: final once sample (start_i + 15) * HOP + 400 has come (StreamingMel), and start_i * HOP <= t_i * 16000.
+LOOKAHEAD_SAMPLES = lookahead_samples(0)
 LOOKAHEAD = LOOKAHEAD_SAMPLES / SAMPLE_RATE          # 0.2125 s
+
+
+def lookahead(mel_offset: int = 0) -> float:
+    """L in seconds for a model whose window starts ``mel_offset`` columns from the reference's."""
+    return lookahead_samples(mel_offset) / SAMPLE_RATE
 
 
 def as_rate(fps: float) -> Fraction:
@@ -31,8 +36,9 @@ def as_rate(fps: float) -> Fraction:
 class MediaClock:
     """Frame/sample arithmetic for one session, plus the wall-clock anchor once live."""
 
-    def __init__(self, fps: float, delay: float = 0.0) -> None:
+    def __init__(self, fps: float, delay: float = 0.0, mel_offset: int = 0) -> None:
         self.rate = as_rate(fps)
+        self.mel_offset = int(mel_offset)
         self.time_base = 1 / self.rate
         self.mel_step = MELS_PER_SECOND / float(fps)   # float, exactly as mel_chunks computes starts
         self.delay = float(delay)
@@ -46,8 +52,9 @@ class MediaClock:
         return math.floor(index * self.time_base * SAMPLE_RATE)
 
     def mel_start(self, index: int) -> int:
-        """First mel column of frame ``index``'s window (the reference's ``int(i * 80 / fps)``)."""
-        return int(index * self.mel_step)
+        """First mel column of frame ``index``'s window: the reference's ``int(i * 80 / fps)`` moved by
+        the model's ``mel_offset`` (negative before the stream's first column: silence)."""
+        return int(index * self.mel_step) + self.mel_offset
 
     def start(self, now: Optional[float] = None) -> None:
         self.t0 = time.monotonic() if now is None else now

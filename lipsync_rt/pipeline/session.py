@@ -33,7 +33,7 @@ from lipsync_rt.bench.common import percentiles
 from lipsync_rt.errors import LipSyncError
 
 from .avatar import Avatar
-from .clock import LOOKAHEAD, MediaClock, sleep_until
+from .clock import MediaClock, lookahead, sleep_until
 from .config import SessionConfig, SessionStats
 from .messages import Job, MelWindow, OutputAudio, OutputFrame, Result, SourceFrame
 from .pcm import Resampler, to_mono_float
@@ -57,9 +57,11 @@ class LipSyncSession:
     def __init__(self, engine, *, avatar: Optional[Avatar] = None, config: SessionConfig = SessionConfig()) -> None:
         self.config = config
         self.avatar = avatar
-        self.lookahead = LOOKAHEAD
+        # A model whose audio window starts earlier (mel_offset < 0) needs less audio ahead of each frame.
+        self.mel_offset = int(getattr(getattr(engine, "engine", engine), "mel_offset", 0))
+        self.lookahead = lookahead(self.mel_offset)
         self.delay = float("nan")
-        self.clock = MediaClock(config.fps)
+        self.clock = MediaClock(config.fps, mel_offset=self.mel_offset)
         self._engine_arg = engine
         self._batcher = None
         self._own_batcher = False

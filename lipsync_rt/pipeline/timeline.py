@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 import numpy as np
 
-from lipsync_rt.audio import HOP, MEL_STEP, N_MELS, StreamingMel
+from lipsync_rt.audio import HOP, MEL_SILENCE, MEL_STEP, N_MELS, StreamingMel
 
 from .clock import MediaClock
 
@@ -98,7 +98,7 @@ class MelFramer:
         return self._add(self._mel.flush(), final=True)
 
     def window_samples(self, index: int) -> tuple[int, int]:
-        """The sample range [start, stop) that frame ``index``'s window reads."""
+        """The sample range [start, stop) that frame ``index``'s window reads (start < 0: before the stream)."""
         first = self.clock.mel_start(index)
         return first * HOP - StreamingMel.lookahead_samples, (first + MEL_STEP - 1) * HOP + StreamingMel.lookahead_samples
 
@@ -123,4 +123,6 @@ class MelFramer:
         return out
 
     def _window(self, start: int) -> np.ndarray:
+        if start < 0:       # a model that reads before the stream's start hears silence there
+            return np.concatenate((np.full((N_MELS, -start), MEL_SILENCE, np.float32), self._cols[:, :MEL_STEP + start]), axis=1)
         return np.ascontiguousarray(self._cols[:, start - self._base:start - self._base + MEL_STEP])
