@@ -27,6 +27,7 @@ from train.dataset import (  # noqa: E402
     Corpus,
     GeneratorDataset,
     SyncDataset,
+    MEL_OFFSET,
     frame_mel_windows,
     mel_start,
     mel_window,
@@ -112,14 +113,19 @@ def test_mel_window_alignment_and_bounds():
     assert mel_window(mel, -1) is None
 
 
-def test_generator_per_frame_mels_start_one_frame_early():
+@pytest.mark.parametrize("offset", [0, -8])
+def test_generator_per_frame_mels_are_the_inference_windows(offset):
+    from lipsync_rt.audio import MEL_SILENCE, mel_chunks
+
     mel = np.tile(np.arange(200, dtype=np.float32), (80, 1))
-    windows = frame_mel_windows(mel, 10)
+    windows = frame_mel_windows(mel, 10, offset)
     assert windows.shape == (T, 1, 80, 16)
-    assert [windows[k, 0, 0, 0] for k in range(T)] == [int(80 * (10 + k - 1) / 25) for k in range(T)]
-    assert frame_mel_windows(mel, 0) is None  # frame -1 has no window: the reference rejects s < 1
-    aligned = frame_mel_windows(mel, 0, shift=0)  # the inference alignment
-    assert [aligned[k, 0, 0, 0] for k in range(T)] == [int(80 * k / 25) for k in range(T)]
+    assert [windows[k, 0, 0, 0] for k in range(T)] == [int(80 * (10 + k) / 25) + offset for k in range(T)]
+    # exactly what inference gives a model with this mel_offset, silence before the audio included
+    np.testing.assert_array_equal(frame_mel_windows(mel, 0, offset)[:, 0], mel_chunks(mel, 25, offset)[:T])
+    if offset:
+        assert frame_mel_windows(mel, 0, offset)[0, 0, 0, 0] == MEL_SILENCE
+    assert frame_mel_windows(mel, 60, offset) is None  # runs off the end: rejected
 
 
 def test_samples_take_their_mels_from_the_right_columns(corpus_root):
@@ -135,8 +141,9 @@ def test_samples_take_their_mels_from_the_right_columns(corpus_root):
     full = corpus.mel(c)
     assert g["x"].shape == (6, T, 96, 96) and g["gt"].shape == (3, T, 96, 96) and g["indiv_mels"].shape == (T, 1, 80, 16)
     for k in range(T):
-        a = int(80 * (s + k - 1) / 25)
-        assert np.array_equal(g["indiv_mels"][k, 0].numpy(), full[:, a : a + 16])
+        a = int(80 * (s + k) / 25) + MEL_OFFSET          # the inference window of frame s + k
+        if a >= 0:
+            assert np.array_equal(g["indiv_mels"][k, 0].numpy(), full[:, a : a + 16])
     assert np.array_equal(g["mel"][0].numpy(), full[:, int(80 * s / 25) : int(80 * s / 25) + 16])
     assert g["x"][:3, :, 48:].abs().sum() == 0 and torch.equal(g["x"][:3, :, :48], g["gt"][:, :, :48])
     reference = torch.from_numpy(corpus.window(c, r)).permute(3, 0, 1, 2).float() / 255
@@ -289,7 +296,9 @@ def test_generator_trains_saves_grids_and_restores_sync_weight_on_resume(corpus_
     assert summary["syncnet_wt"] == 0.01  # the first eval's sync loss is below the (test) threshold
     ckpt = common.checkpoint_path(out, 2)
     assert isinstance(load_checkpoint(ckpt, "generator"), Wav2Lip)
-    assert set(torch.load(ckpt, map_location="cpu", weights_only=True)) == {"state_dict", "optimizer", "global_step", "global_epoch"}
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert set(saved) == {"state_dict", "optimizer", "global_step", "global_epoch", "mel_offset"}
+    assert saved["mel_offset"] == MEL_OFFSET == load_checkpoint(ckpt).mel_offset    # inference reads the same windows
     assert json.loads(ckpt.with_suffix(".json").read_text())["syncnet_wt"] == 0.01
     for png in ("loss.png", "samples_step000000001.png", "samples_step000000002.png"):
         assert (out / png).stat().st_size > 0

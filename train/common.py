@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lipsync_rt.atomic import atomic_path
 from lipsync_rt.models import build_from_state_dict, extract_state_dict, load_training_state
+from lipsync_rt.models.checkpoint import read_mel_offset
 
 from train.dataset import SKIP_KINDS
 
@@ -224,6 +225,7 @@ def resume_model(path: str | os.PathLike, kind: str) -> tuple[torch.nn.Module, d
     """The network saved in a training checkpoint (its own width, whatever --width says) and the whole dict."""
     state = load_training_state(path)
     model = build_from_state_dict(extract_state_dict(state, str(path)), kind, str(path))
+    model.mel_offset = read_mel_offset(state, str(path))
     return model.train(), state
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lipsync_rt.audio import MEL_STEP, MELS_PER_SECOND, load_audio, melspectrogram
+from lipsync_rt.audio import MEL_SILENCE, MEL_STEP, MELS_PER_SECOND, N_MELS, load_audio, melspectrogram
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,12 @@ IMG_SIZE = 96
 MIN_FRAMES = 3 * T + 1  # clips with <= 3T frames are skipped, as in the reference
 MAX_TRIES = 1000      # draws per sample before we conclude the data itself is broken
 
-# Where frame k's own mel window starts, relative to k, in the generator's per-frame mels.
-# -1 is the reference's training convention (get_segmented_mels, one frame before inference);
-# 0 is inference's alignment (design.md, Timing model): set it to train a model for that alignment.
-MEL_FRAME_SHIFT = -1
+# Where frame k's own mel window starts, in mel columns relative to the reference inference's
+# int(80 k / 25): the model's ``mel_offset``, saved in its checkpoint so inference uses the very same
+# windows. -8 centres the 200 ms window on the frame (L = 112.5 ms live); 0 is the reference's
+# inference alignment (L = 212.5 ms). The reference *trained* one frame earlier than it inferred
+# (get_segmented_mels: int(80 (k - 1) / 25), about -3 here); this project trains and infers alike.
+MEL_OFFSET = -8
 # Expert negatives: the default distance, in frames, between a negative's frames and the audio.
 MIN_OFFSET = 2
 
@@ -75,18 +77,24 @@ def mel_window(mel: np.ndarray, frame: int) -> Optional[np.ndarray]:
     return mel[:, start : start + MEL_STEP]
 
 
-def frame_mel_windows(mel: np.ndarray, start: int, shift: int = MEL_FRAME_SHIFT) -> Optional[np.ndarray]:
+def frame_mel_windows(mel: np.ndarray, start: int, mel_offset: int = MEL_OFFSET) -> Optional[np.ndarray]:
     """The generator's per-frame mels, ``T x 1 x 80 x 16``, for frames ``start .. start+T-1``.
 
-    Frame k gets the window that starts at frame ``k + shift``. The reference trains with
-    ``shift = -1`` (get_segmented_mels: one frame, 40 ms, earlier than inference uses) and that is
-    the default, so that our models match the public ones; ``shift = 0`` trains for inference's
-    alignment. None when any window falls outside the audio (so ``start < 1`` fails with -1).
+    Frame k gets columns ``[int(80 k / 25) + mel_offset, +16)``, exactly the window inference gives a
+    model with that ``mel_offset`` (``lipsync_rt.audio.mel_chunks``): columns before the audio's start
+    are silence, as they are at inference. None when a window runs past the audio's end.
     """
-    windows = [mel_window(mel, k + shift) for k in range(start, start + T)]
-    if any(w is None for w in windows):
-        return None
-    return np.stack(windows)[:, None]
+    out = np.empty((T, 1, N_MELS, MEL_STEP), np.float32)
+    for i, k in enumerate(range(start, start + T)):
+        first = mel_start(k) + int(mel_offset)
+        if first + MEL_STEP > mel.shape[1] or k < 0:
+            return None
+        if first < 0:
+            out[i, 0, :, :-first] = MEL_SILENCE
+            out[i, 0, :, -first:] = mel[:, :MEL_STEP + first]
+        else:
+            out[i, 0] = mel[:, first:first + MEL_STEP]
+    return out
 
 
 def expert_faces(frames: torch.Tensor) -> torch.Tensor:
@@ -198,12 +206,12 @@ class Corpus:
             self.counts["bad_audio"] += 1
         return mel
 
-    def mel_window(self, index: int, frame: int, shift: Optional[int] = None) -> Optional[np.ndarray]:
-        """``mel_window`` (or, with ``shift``, ``frame_mel_windows``) of a clip, counting failures."""
+    def mel_window(self, index: int, frame: int, mel_offset: Optional[int] = None) -> Optional[np.ndarray]:
+        """``mel_window`` (or, with ``mel_offset``, ``frame_mel_windows``) of a clip, counting failures."""
         mel = self.mel(index)
         if mel is None:
             return None
-        out = mel_window(mel, frame) if shift is None else frame_mel_windows(mel, frame, shift)
+        out = mel_window(mel, frame) if mel_offset is None else frame_mel_windows(mel, frame, mel_offset)
         if out is None:
             self.counts["audio_range"] += 1
         return out
@@ -313,11 +321,11 @@ class GeneratorDataset(_Samples):
         corpus: Corpus,
         length: int,
         seed: int = 0,
-        mel_frame_shift: int = MEL_FRAME_SHIFT,
+        mel_offset: int = MEL_OFFSET,
         ref_min_offset: int = 1,
     ):
         super().__init__(corpus, length, seed)
-        self.mel_frame_shift = int(mel_frame_shift)
+        self.mel_offset = int(mel_offset)
         self.ref_min_offset = int(ref_min_offset)
 
     def _draw(self, rng: np.random.Generator) -> Optional[dict[str, torch.Tensor]]:
@@ -331,7 +339,7 @@ class GeneratorDataset(_Samples):
         mel = self.corpus.mel_window(index, start)
         if mel is None:
             return None
-        indiv = self.corpus.mel_window(index, start, shift=self.mel_frame_shift)
+        indiv = self.corpus.mel_window(index, start, mel_offset=self.mel_offset)
         if indiv is None:
             return None
         window = self.corpus.window(index, start)

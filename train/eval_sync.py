@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader
 from lipsync_rt.models import cosine_loss, load_checkpoint
 from train import common
 from train.dataset import (
-    MEL_FRAME_SHIFT,
     MIN_OFFSET,
     Corpus,
     GeneratorDataset,
@@ -155,7 +154,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     p.add_argument("--samples", type=int, default=1024, help="fixed samples for the losses")
     p.add_argument("--offsync_windows", type=int, default=512, help="windows for the off-sync accuracy (0: skip)")
     p.add_argument("--min_offset", type=int, default=MIN_OFFSET, help="expert negatives' minimum offset")
-    p.add_argument("--mel_frame_shift", type=int, default=MEL_FRAME_SHIFT, help="generator per-frame mel shift")
     p.add_argument("--expert_bn", choices=("eval", "train"), default="eval", help="expert BatchNorm mode for the generator's sync loss")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seed", type=int, default=1234, help="chooses the fixed samples")
@@ -179,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     if args.generator:
         generator = load_checkpoint(args.generator, "generator").to(d.device)
         expert.train(args.expert_bn == "train")
-        samples = GeneratorDataset(corpus, args.samples, args.seed, args.mel_frame_shift)
+        samples = GeneratorDataset(corpus, args.samples, args.seed, generator.mel_offset)
         out.update({f"generator_{k}": v for k, v in generator_eval(generator, expert, loader(samples), d).items()})
     if d.is_main:
         print(json.dumps(out, indent=1))

@@ -71,7 +71,7 @@ SYNC_THRESHOLD = 0.75
 DISC_WT = 0.07              # --hq adversarial weight, from step 0
 EXPERT_BN = "eval"          # "train" is the reference's (accidental) batch-statistics mode
 HQ = False
-MEL_FRAME_SHIFT = data.MEL_FRAME_SHIFT  # per-frame mel windows start at frame k + this (reference: -1)
+MEL_OFFSET = data.MEL_OFFSET  # frame k's mel window starts at column int(80k/25) + this; saved in the checkpoint
 EVAL_SPLIT = "val"
 EVAL_INTERVAL = 3000        # reference: 3000; also at the first step of the run and the last
 EVAL_SAMPLES = 512
@@ -103,7 +103,8 @@ HELP = {
     "DISC_WT": "adversarial loss weight (--hq)",
     "EXPERT_BN": "expert BatchNorm: eval (running stats) or train (batch stats, as the reference)",
     "HQ": "add the visual quality discriminator and its adversarial loss",
-    "MEL_FRAME_SHIFT": "per-frame mel window of frame k starts at frame k+shift (-1 reference, 0 inference)",
+    "MEL_OFFSET": "frame k's mel window starts at column int(80k/25)+this: -8 centred (L 112.5 ms), 0 reference "
+                  "inference (L 212.5 ms); saved in the checkpoint, so inference uses the same windows",
     "EVAL_SPLIT": "filelist to evaluate on",
     "EVAL_INTERVAL": "steps between evals",
     "EVAL_SAMPLES": "eval samples (the same ones at every eval)",
@@ -195,8 +196,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     eval_corpus = Corpus(cfg.data_root, cfg.eval_split, cfg.filelists or None)
     log.info("%s; %s", train_corpus.scan_report, eval_corpus.scan_report)
     epoch_len = cfg.samples_per_epoch or len(train_corpus)
-    train_set = GeneratorDataset(train_corpus, epoch_len, cfg.seed, cfg.mel_frame_shift)
-    eval_set = GeneratorDataset(eval_corpus, cfg.eval_samples, cfg.eval_seed, cfg.mel_frame_shift)
     batch = common.per_rank_batch(cfg.batch_size, d)
 
     # models, optimizers, resume
@@ -209,9 +208,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         sidecar = sidecar_path(Path(cfg.resume))
         if sidecar.is_file():
             syncnet_wt = float(json.loads(sidecar.read_text()).get("syncnet_wt", 0.0))
+        if generator.mel_offset != cfg.mel_offset:
+            log.warning("the checkpoint was trained with mel_offset %d; keeping it (not --mel_offset %d)",
+                        generator.mel_offset, cfg.mel_offset)
     else:
         generator = Wav2Lip(cfg.width)
+        generator.mel_offset = cfg.mel_offset
     generator.to(d.device).train()
+    train_set = GeneratorDataset(train_corpus, epoch_len, cfg.seed, generator.mel_offset)
+    eval_set = GeneratorDataset(eval_corpus, cfg.eval_samples, cfg.eval_seed, generator.mel_offset)
     optimizer = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=cfg.lr, betas=betas)
     if cfg.resume:
         common.restore_optimizer(optimizer, state, log)
