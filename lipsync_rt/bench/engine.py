@@ -173,7 +173,7 @@ def real_inputs(face_path: str, audio_path: str, count: int):
 
 def measure(call: Callable[[], Any], batch: int, seconds: float, iters: Optional[int], warmup: int) -> dict[str, Any]:
     """Time ``call`` (one batch) repeatedly: frames/s over the timed calls and per-batch percentiles."""
-    from .common import percentiles
+    from lipsync_rt.pipeline.metrics import percentiles
 
     for _ in range(warmup):
         call()

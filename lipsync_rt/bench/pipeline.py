@@ -98,9 +98,11 @@ def make_clip(path: Path, fps: float = 25.0, seconds: float = 8.0) -> Path:
 async def measure(args: argparse.Namespace, clip: str) -> dict:
     from lipsync_rt.engine.factory import create_engine
     from lipsync_rt.io import FileSource
-    from lipsync_rt.pipeline import Avatar, LipSyncSession, LoopLagProbe, SessionConfig
+    from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
+    from lipsync_rt.pipeline.metrics import percentiles
 
-    from .common import machine, percentiles
+    from .common import machine
+    from .loop_lag import LoopLagProbe
 
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(None, create_engine, args.engine, args.checkpoint_path)
@@ -176,7 +178,7 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
 
 def _engine_baseline(engine) -> dict:
     """One-frame engine calls on zeros, after two warm-ups: the cost a live stream pays per frame."""
-    from .common import percentiles
+    from lipsync_rt.pipeline.metrics import percentiles
 
     mel, face = np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, 96, 96), np.float32)
     for _ in range(2):

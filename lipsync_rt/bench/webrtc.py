@@ -58,7 +58,7 @@ async def _step(engine, avatar, frame, speech, args, count: int) -> dict:
     from ..webrtc import LipSyncServer, ServerConfig
     from ..webrtc.loopback import LoopbackClient
     from ..webrtc.server import listening
-    from .common import percentiles
+    from lipsync_rt.pipeline.metrics import percentiles
 
     batcher = MicroBatcher(engine, max_batch=args.max_batch)
     server = LipSyncServer(batcher, {"face": avatar}, ServerConfig(max_sessions=count),
