@@ -25,10 +25,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+
+if TYPE_CHECKING:
+    from lipsync_rt.engine import Engine
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1].strip()
 EPILOG = """\
@@ -176,7 +180,7 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
     }
 
 
-def _engine_baseline(engine) -> dict:
+def _engine_baseline(engine: "Engine") -> dict:
     """One-frame engine calls on zeros, after two warm-ups: the cost a live stream pays per frame."""
     from lipsync_rt.pipeline.metrics import percentiles
 

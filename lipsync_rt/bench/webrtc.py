@@ -13,8 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from lipsync_rt.engine import Engine
+    from lipsync_rt.pipeline import Avatar
 
 DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 EPILOG = """\
@@ -45,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot: frames/s and latency per session count")
 
 
-async def _step(engine, avatar, frame, speech, args, count: int) -> dict:
+async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech: "np.ndarray",
+                args: argparse.Namespace, count: int) -> dict:
     import asyncio
     import os
     import time
