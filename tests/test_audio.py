@@ -285,6 +285,29 @@ def test_mel_chunks_offset_moves_windows_and_pads_with_silence(offset):
     assert len(chunks) >= len(mel_chunks(mel, 25))          # an earlier window never shortens the video
 
 
+@pytest.mark.parametrize("offset", [0, -1, -8, -15])
+@pytest.mark.parametrize("fps", [25.0, 29.97, 24.0, 60.0])
+def test_frame_count_from_the_sample_count_equals_mel_chunks(fps, offset):
+    rng = np.random.default_rng(7)
+    for n in (3000, 3199, 3200, 3201, 4567, 16000, 16199, 40_000):
+        wav = (0.05 * rng.standard_normal(n)).astype(np.float32)
+        assert audio.frame_count(n, fps, offset) == len(mel_chunks(melspectrogram(wav), fps, mel_offset=offset))
+
+
+def test_frame_count_and_check_finite_give_mel_chunks_errors():
+    with pytest.raises(MediaError, match="too short"):
+        audio.frame_count(2_999, 25)                                      # 15 columns
+    wav = np.zeros(8000, np.float32)
+    audio.check_finite(wav)
+    for bad in (np.nan, np.inf):
+        wav[1234] = bad
+        with pytest.raises(MediaError, match="NaN") as raised:
+            audio.check_finite(wav)
+        with pytest.raises(MediaError) as from_mel, np.errstate(invalid="ignore"):
+            mel_chunks(melspectrogram(wav), 25)
+        assert str(raised.value) == str(from_mel.value)
+
+
 @pytest.mark.parametrize("offset", [0, -8])
 def test_lookahead_samples(offset):
     # the last column a window reads is centred (15 + offset) hops after frame time, plus half an STFT

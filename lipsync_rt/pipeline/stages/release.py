@@ -65,6 +65,10 @@ class ReleaseStage:
         self.frames = frames
         self._changed.set()
 
+    def held(self, index: int) -> Optional[FrameResult]:
+        """What frame ``index`` would show if it left now, as settled so far (None: nothing yet)."""
+        return self._waiting.get(index)
+
     async def settled(self, index: int) -> None:
         """Until frame ``index`` is final (not a stand-in), or lies past the end of the stream."""
         while not self._ended_before(index):
