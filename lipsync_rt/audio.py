@@ -1,7 +1,7 @@
 """Audio in, Wav2Lip mel features out: file loading, the offline mel, the streaming mel, frame windows.
 
 The public Wav2Lip checkpoints only work with the exact features they were trained on
-(reference/wav2lip-facts.md §6), so every step below reproduces that pipeline, including librosa
+(docs/architecture.md, "Audio features"), so every step below reproduces that pipeline, including librosa
 0.7's reflect padding, which newer librosa no longer uses by default. The STFT is plain numpy (an
 rfft over strided frames) so that neither the offline nor the streaming path imports librosa.
 

@@ -25,7 +25,8 @@ librosa = pytest.importorskip("librosa")
 
 
 def reference_mel(wav):
-    """Wav2Lip's audio.melspectrogram as run under librosa 0.7 (facts §6), on today's librosa."""
+    """Wav2Lip's audio.melspectrogram as run under librosa 0.7 (docs/architecture.md, "Audio features"),
+    on today's librosa."""
     y = scipy.signal.lfilter([1, -0.97], [1], wav.astype(np.float64))
     d = librosa.stft(y, n_fft=800, hop_length=200, win_length=800, pad_mode="reflect")
     basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
