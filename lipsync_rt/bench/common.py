@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine it ran on, atomic JSON output and PNG plots.
+"""What every benchmark shares: the machine it ran on and PNG plots (JSON goes through
+``atomic.write_json_atomic``).
 
 Percentiles are ``lipsync_rt.pipeline.metrics.percentiles``, the ones a session reports.
 
@@ -13,7 +14,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path
 
 
 def cpu_name() -> str:
@@ -46,11 +47,6 @@ def machine() -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - absent or broken optional libraries are simply not listed
             pass
     return info
-
-
-def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` atomically (a reader never sees half a file), creating the folder."""
-    return write_json_atomic(path, payload)
 
 
 def pyplot():

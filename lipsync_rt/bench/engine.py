@@ -471,9 +471,9 @@ def run(args: argparse.Namespace) -> int:
     }
     print(format_table(payload))
     if args.json:
-        from .common import write_json
+        from lipsync_rt.atomic import write_json_atomic
 
-        print(f"wrote {write_json(args.json, payload)}")
+        print(f"wrote {write_json_atomic(args.json, payload)}")
     if args.plot:
         print(f"wrote {plot(payload, args.plot)}")
     return 0

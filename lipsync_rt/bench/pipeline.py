@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
         result = asyncio.run(measure(args, clip))
     _print(result)
     if args.json:
-        from .common import write_json
+        from lipsync_rt.atomic import write_json_atomic
 
-        write_json(args.json, result)
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     if args.plot:
         plot(result, args.plot)

@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import LipSyncError
     from ..pipeline import Avatar
     from ..webrtc.avatars import EXAMPLE_FACE
-    from .common import machine, write_json
+    from ..atomic import write_json_atomic
+    from .common import machine
 
     if not EXAMPLE_FACE.is_file():
         raise LipSyncError(f"the benchmark needs the example face ({EXAMPLE_FACE})")
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         "max_sessions_held_with_p99_overhead_le_50ms": max(held) if held else 0, "steps": steps,
     }
     if args.json:
-        print(f"wrote {write_json(args.json, payload)}")
+        print(f"wrote {write_json_atomic(args.json, payload)}")
     if args.plot:
         print(f"wrote {plot(payload, args.plot)}")
     return 0
