@@ -15,7 +15,7 @@ import pytest
 
 from lipsync_rt.pipeline.clock import MediaClock
 from lipsync_rt.pipeline.config import SessionConfig
-from lipsync_rt.pipeline.messages import (DROPPED, IDLE, NO_FACE, PENDING, FrameResult, GeneratedFaces, Job,
+from lipsync_rt.pipeline.messages import (DROPPED, IDLE, NO_FACE, PENDING, FrameResult, Job,
                                           MelWindow, SourceFrame)
 from lipsync_rt.pipeline.metrics import SessionMetrics, percentiles
 from lipsync_rt.pipeline.policy import LivePolicy, OfflinePolicy, policy_for

@@ -29,7 +29,7 @@ from lipsync_rt.audio import SAMPLE_RATE
 from .calibration import Probe, measure_overhead, warm_up
 from .clock import MediaClock, sleep_until
 from .config import SessionConfig
-from .queues import BackpressureQueue, DropOldestQueue, Inbox
+from .queues import BackpressureQueue, DropOldestQueue, Inbox, Queue
 from .timeline import Timeline
 
 if TYPE_CHECKING:
@@ -42,22 +42,22 @@ class Policy:
 
     live: bool
     #: How often the audio stage checks for overdue audio (None: never).
-    tick: Optional[float] = None
+    tick: Optional[float]
     #: Whether a batch waits for more jobs of its block (True) or takes only those already waiting.
     fill_batches: bool
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
 
-    def droppable_queue(self, size: int, on_drop: Callable[[object], None]):
+    def droppable_queue(self, size: int, on_drop: Callable[[object], None]) -> Queue:
         """A queue of work that may be given up (jobs, output frames); ``on_drop`` hears of each loss."""
         raise NotImplementedError
 
-    def ordered_queue(self, size: int):
+    def ordered_queue(self, size: int) -> Queue:
         """A queue whose items must all arrive (mel windows, camera pictures): frame i is item i."""
         raise NotImplementedError
 
-    def camera(self, inbox: Inbox, clock: MediaClock, track: "Tracker", pictures) -> "Camera":
+    def camera(self, inbox: Inbox, clock: MediaClock, track: "Tracker", pictures: Queue) -> "Camera":
         raise NotImplementedError
 
     async def processing_budget(self, probe: Probe) -> float:
@@ -66,11 +66,11 @@ class Policy:
 
     def samples_due(self, now: float) -> Optional[int]:
         """Samples that must have been written by ``now``; what is missing is written as silence."""
-        return None
+        raise NotImplementedError
 
     def stamp(self, arrival: float) -> Optional[float]:
         """The arrival time a message keeps for latency figures (None: not measured)."""
-        return None
+        raise NotImplementedError
 
     def batch_key(self, index: int, size: int) -> int:
         """Jobs with equal keys may share a batch."""
@@ -78,11 +78,11 @@ class Policy:
 
     def is_late(self, index: int, now: float) -> bool:
         """Whether frame ``index`` can no longer make its release time."""
-        return False
+        raise NotImplementedError
 
     def overhead(self, index: int, now: float) -> Optional[float]:
         """How long after its audio was due frame ``index`` became ready at ``now`` (None: not measured)."""
-        return None
+        raise NotImplementedError
 
     async def video_slot(self, index: int, release: "ReleaseStage") -> None:
         """Until frame ``index`` is to leave."""
@@ -112,7 +112,7 @@ class LivePolicy(Policy):
     def ordered_queue(self, size: int) -> BackpressureQueue:
         return BackpressureQueue()
 
-    def camera(self, inbox: Inbox, clock: MediaClock, track: "Tracker", pictures) -> "Camera":
+    def camera(self, inbox: Inbox, clock: MediaClock, track: "Tracker", pictures: Queue) -> "Camera":
         from .stages.camera import LiveCamera
 
         return LiveCamera(inbox, clock, track, pictures)
@@ -152,6 +152,7 @@ class OfflinePolicy(Policy):
     """As fast as the slowest stage: nothing dropped, nothing paced, the reference's batches."""
 
     live = False
+    tick = None
     fill_batches = True
 
     def droppable_queue(self, size: int, on_drop: Callable[[object], None]) -> BackpressureQueue:
@@ -160,7 +161,7 @@ class OfflinePolicy(Policy):
     def ordered_queue(self, size: int) -> BackpressureQueue:
         return BackpressureQueue(size)
 
-    def camera(self, inbox: Inbox, clock: MediaClock, track: "Tracker", pictures) -> "Camera":
+    def camera(self, inbox: Inbox, clock: MediaClock, track: "Tracker", pictures: Queue) -> "Camera":
         from .stages.camera import OfflineCamera
 
         return OfflineCamera(inbox, track, pictures)
@@ -168,8 +169,20 @@ class OfflinePolicy(Policy):
     async def processing_budget(self, probe: Probe) -> float:
         return (self.config.overhead_ms or 0.0) / 1000
 
+    def samples_due(self, now: float) -> Optional[int]:
+        return None
+
+    def stamp(self, arrival: float) -> Optional[float]:
+        return None
+
     def batch_key(self, index: int, size: int) -> int:
         return index // size
+
+    def is_late(self, index: int, now: float) -> bool:
+        return False
+
+    def overhead(self, index: int, now: float) -> Optional[float]:
+        return None
 
     async def video_slot(self, index: int, release: "ReleaseStage") -> None:
         await release.settled(index)

@@ -19,7 +19,7 @@ import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Generic, Optional, TypeVar
+from typing import Callable, Generic, Optional, TypeVar, Union
 
 T = TypeVar("T")
 
@@ -92,6 +92,10 @@ class DropOldestQueue(Generic[T]):
 
     def empty(self) -> bool:
         return not self._items
+
+
+#: Either kind; a stage does not care which it was given.
+Queue = Union[BackpressureQueue, DropOldestQueue]
 
 
 class Inbox:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from ..messages import MelWindow
 from ..pcm import Resampler
-from ..queues import BackpressureQueue, DropOldestQueue, Inbox, StreamEnd
+from ..queues import Inbox, Queue, StreamEnd
 from ..timeline import MelFramer, Timeline
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 TICK = object()     # the live clock's prompt to check for audio that is overdue
 _PIECE = 1600       # samples per StreamingMel push (100 ms): keeps each loop step short
-
-Queue = Union[BackpressureQueue, DropOldestQueue]
 
 
 class AudioStage:

@@ -9,21 +9,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..messages import FrameResult, GeneratedFaces
 from ..metrics import SessionMetrics
-from ..queues import BackpressureQueue, DropOldestQueue, StreamEnd
+from ..queues import Queue, StreamEnd
 
 if TYPE_CHECKING:
     from lipsync_rt.blend import Blender
 
     from ..policy import Policy
     from .release import ReleaseStage
-
-Queue = Union[BackpressureQueue, DropOldestQueue]
 
 
 class BlendStage:

@@ -23,12 +23,10 @@ import numpy as np
 from ..clock import MediaClock, sleep_until
 from ..messages import SourceFrame
 from ..metrics import SessionMetrics
-from ..queues import END, BackpressureQueue, DropOldestQueue, Inbox, StreamEnd
+from ..queues import END, Inbox, Queue, StreamEnd
 
 if TYPE_CHECKING:
     from lipsync_rt.face import FaceTracker
-
-Queue = Union[BackpressureQueue, DropOldestQueue]
 
 
 class Tracker:
@@ -93,13 +91,17 @@ class OfflineCamera:
     def __init__(self, inbox: Inbox, track: Tracker, pictures: Queue) -> None:
         self.pictures = pictures
         self._inbox, self._track = inbox, track
+        self._frames: Optional[int] = None
 
     def stop_at(self, frames: int) -> None:
-        pass
+        """The stream has ``frames`` frames: a video longer than the speech is not tracked further."""
+        self._frames = frames
 
     async def run(self) -> None:
         i = 0
         while not isinstance(item := await self._inbox.get(), StreamEnd):
+            if self._frames is not None and i >= self._frames:
+                return
             image, capture, _arrival = item
             await self.pictures.put(await self._track(i, image, capture))
             i += 1

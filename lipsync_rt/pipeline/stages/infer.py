@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from lipsync_rt.lipsync import crop_face, face_input, mel_input
 from ..avatar import Avatar
 from ..messages import DROPPED, ERROR, FaceBatch, FrameResult, GeneratedFaces, Job
 from ..metrics import SessionMetrics
-from ..queues import BackpressureQueue, DropOldestQueue, StreamEnd
+from ..queues import Queue, StreamEnd
 
 if TYPE_CHECKING:
     from lipsync_rt.engine import MicroBatcher
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from .release import ReleaseStage
 
 log = logging.getLogger("lipsync_rt.pipeline.session")
-
-Queue = Union[BackpressureQueue, DropOldestQueue]
 
 
 class LipSyncModel:

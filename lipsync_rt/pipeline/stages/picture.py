@@ -9,16 +9,14 @@ once; the rest become jobs, each leaving a stand-in at the release stage, which 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ..avatar import Avatar
 from ..messages import DROPPED, IDLE, NO_FACE, PENDING, FrameResult, Job, MelWindow, SourceFrame
-from ..queues import BackpressureQueue, DropOldestQueue, StreamEnd
+from ..queues import Queue, StreamEnd
 
 if TYPE_CHECKING:
     from .release import ReleaseStage
-
-Queue = Union[BackpressureQueue, DropOldestQueue]
 
 
 class Pictures(Protocol):

@@ -16,20 +16,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional
 
 from lipsync_rt.audio import SAMPLE_RATE
 
 from ..clock import MediaClock
 from ..messages import DROPPED, FrameResult, OutputAudio, OutputFrame, SourceFrame
 from ..metrics import SessionMetrics
-from ..queues import BackpressureQueue, DropOldestQueue
+from ..queues import Queue
 from ..timeline import Timeline
 
 if TYPE_CHECKING:
     from ..policy import Policy
-
-Queue = Union[BackpressureQueue, DropOldestQueue]
 
 
 class ReleaseStage:
