@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lipsync_rt.audio import load_audio, mel_chunks, melspectrogram  # noqa: E402
+from lipsync_rt.bench.common import cpu_name  # noqa: E402
 from lipsync_rt.engine import TorchEngine, build_engine, load_engine  # noqa: E402
 from lipsync_rt.face import analyse_clip  # noqa: E402
 from lipsync_rt.infer import InferOptions, run_inference  # noqa: E402
@@ -49,15 +49,7 @@ def make_clip(path: Path, seconds: float, fps: int = 25) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def timed(fn, repeats: int) -> float:

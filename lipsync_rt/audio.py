@@ -1,7 +1,7 @@
 """Audio in, Wav2Lip mel features out: file loading, the offline mel, the streaming mel, frame windows.
 
 The public Wav2Lip checkpoints only work with the exact features they were trained on
-(reference/wav2lip-facts.md §6), so every step below reproduces that pipeline, including librosa
+(docs/architecture.md, "Audio features"), so every step below reproduces that pipeline, including librosa
 0.7's reflect padding, which newer librosa no longer uses by default. The STFT is plain numpy (an
 rfft over strided frames) so that neither the offline nor the streaming path imports librosa.
 
@@ -21,7 +21,8 @@ from lipsync_rt.errors import MediaError
 
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "HOP", "WIN", "N_MELS", "MEL_STEP", "MELS_PER_SECOND",
-    "MEL_SILENCE", "load_audio", "melspectrogram", "mel_chunks", "lookahead_samples", "StreamingMel",
+    "MEL_SILENCE", "load_audio", "melspectrogram", "mel_chunks", "frame_count", "check_finite", "lookahead_samples",
+    "StreamingMel",
 ]
 
 log = logging.getLogger(__name__)
@@ -241,9 +242,9 @@ def mel_chunks(mel: np.ndarray, fps: float, mel_offset: int = 0) -> np.ndarray:
 
     Frame i's window starts at column ``int(i * (80 / fps))`` (the reference's float arithmetic,
     kept so frame counts match it), i.e. it covers [t_i, t_i + 200 ms). Training's per-frame windows
-    started one frame earlier (k - 1, facts §6); the checkpoints were nonetheless used this way. When
-    a window would run past the end, the last 16 columns are used once more and the list stops, so
-    the result's length N is the number of output frames.
+    started one frame earlier (k - 1; docs/architecture.md, "Timing"); the checkpoints were nonetheless
+    used this way. When a window would run past the end, the last 16 columns are used once more and the
+    list stops, so the result's length N is the number of output frames (:func:`frame_count`).
 
     ``mel_offset`` (a model's property, in columns, <= 0; 0 for the public checkpoints, which keep
     exactly the reference's windows) moves every window's start and applies the same rule to the moved
@@ -255,14 +256,46 @@ def mel_chunks(mel: np.ndarray, fps: float, mel_offset: int = 0) -> np.ndarray:
     mel = np.asarray(mel)
     if mel.ndim != 2 or mel.shape[0] != N_MELS:
         raise ValueError(f"expected a mel of shape [{N_MELS}, T], got {mel.shape}")
-    n_cols = mel.shape[1]
+    starts = _window_starts(mel.shape[1], fps, mel_offset)
+    if np.isnan(mel).any():
+        raise MediaError(_INVALID_AUDIO)
+    if starts[0] < 0:
+        lead = -int(starts[0])
+        mel = np.concatenate((np.full((N_MELS, lead), MEL_SILENCE, mel.dtype), mel), axis=1)
+        starts = starts + lead
+    windows = np.lib.stride_tricks.sliding_window_view(mel, MEL_STEP, axis=1)   # [80, T-15, 16]
+    return np.ascontiguousarray(windows[:, starts].transpose(1, 0, 2), dtype=np.float32)
+
+
+def frame_count(n_samples: int, fps: float, mel_offset: int = 0) -> int:
+    """How many output frames ``n_samples`` of 16 kHz audio give, from the count alone: the length of
+    ``mel_chunks(melspectrogram(wav), fps, mel_offset)`` without computing the mel.
+
+    The mel has ``n_cols = 1 + n_samples // 200`` columns; frame i exists while
+    ``int(i * 80 / fps) + mel_offset + 16 <= n_cols``, plus one tail frame. Raises MediaError, as
+    ``mel_chunks`` does, when the audio is too short for one window.
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return len(_window_starts(1 + int(n_samples) // HOP, fps, mel_offset))
+
+
+def check_finite(wav: np.ndarray) -> None:
+    """Raise ``mel_chunks``'s MediaError for audio with NaN or infinite samples, without its mel (any
+    such sample makes NaN columns, and finite samples never do)."""
+    if not np.isfinite(wav).all():
+        raise MediaError(_INVALID_AUDIO)
+
+
+_INVALID_AUDIO = ("audio mel spectrogram contains NaN (invalid samples in the audio); "
+                  "re-encode the audio or add a little noise to it")
+
+
+def _window_starts(n_cols: int, fps: float, mel_offset: int) -> np.ndarray:
+    """First column of every frame's window over a mel of ``n_cols`` columns (negative: before the audio)."""
     if n_cols < MEL_STEP:
         raise MediaError(f"audio is too short for lip sync: {n_cols / MELS_PER_SECOND:.3f} s "
                          f"({n_cols} mel columns); at least {MEL_STEP} columns (0.2 s) are needed")
-    if np.isnan(mel).any():
-        raise MediaError("audio mel spectrogram contains NaN (invalid samples in the audio); "
-                         "re-encode the audio or add a little noise to it")
-
     step = MELS_PER_SECOND / fps
     offset = int(mel_offset)
     # enough frame indices to reach the first window that no longer fits (starts never decrease,
@@ -270,13 +303,7 @@ def mel_chunks(mel: np.ndarray, fps: float, mel_offset: int = 0) -> np.ndarray:
     count = int((n_cols - MEL_STEP + 1 - offset) / step) + 2
     starts = (np.arange(count) * step).astype(np.int64) + offset
     starts = starts[starts + MEL_STEP <= n_cols]
-    starts = np.append(starts, n_cols - MEL_STEP)
-    if starts[0] < 0:
-        lead = -int(starts[0])
-        mel = np.concatenate((np.full((N_MELS, lead), MEL_SILENCE, mel.dtype), mel), axis=1)
-        starts = starts + lead
-    windows = np.lib.stride_tricks.sliding_window_view(mel, MEL_STEP, axis=1)   # [80, T-15, 16]
-    return np.ascontiguousarray(windows[:, starts].transpose(1, 0, 2), dtype=np.float32)
+    return np.append(starts, n_cols - MEL_STEP)
 
 
 # ----------------------------------------------------------------------------------------------

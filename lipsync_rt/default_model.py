@@ -22,10 +22,21 @@ DEFAULT_EXPERT = ASSETS / "lipsync_expert_lite.pth"  # the expert that trained i
 
 def load_generator(checkpoint_path: Optional[str] = None) -> tuple[nn.Module, str]:
     """The generator to run and a short description of where it came from (for logs and reports)."""
+    path = require_checkpoint(checkpoint_path)
+    return load_checkpoint(path, kind="generator"), describe_checkpoint(checkpoint_path)
+
+
+def require_checkpoint(checkpoint_path: Optional[str] = None) -> Path:
+    """The generator file to load: ``checkpoint_path``, or the bundled model, which must be there."""
     if checkpoint_path:
-        return load_checkpoint(checkpoint_path, kind="generator"), str(checkpoint_path)
+        return Path(checkpoint_path)
     if not DEFAULT_GENERATOR.is_file():
         raise CheckpointError(
             f"the bundled default model is missing ({DEFAULT_GENERATOR}); reinstall lipsync-rt or pass --checkpoint_path"
         )
-    return load_checkpoint(DEFAULT_GENERATOR, kind="generator"), f"bundled lite model ({DEFAULT_GENERATOR.name})"
+    return DEFAULT_GENERATOR
+
+
+def describe_checkpoint(checkpoint_path: Optional[str] = None) -> str:
+    """How reports name the generator: its path, or the bundled model's file name."""
+    return str(checkpoint_path) if checkpoint_path else f"bundled lite model ({DEFAULT_GENERATOR.name})"

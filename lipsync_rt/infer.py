@@ -1,9 +1,11 @@
 """Offline lip sync: a face video or photo plus any audio in, an mp4 out.
 
-This is the reference ``inference.py`` job (same options, same frame/mel alignment, same crops), run as
-one wiring of the streaming graph (``lipsync_rt.pipeline``) in offline mode: the clip is analysed as a
-whole first (boxes smoothed over 5 frames, as the reference does), then played through a session as
-an avatar with the speech pushed in, and the session's frames and audio are encoded as they come.
+This is the reference ``inference.py`` job (same options, same frame/mel alignment, same crops), wired
+from the streaming graph's parts: the engine from ``create_engine``, the clip analysed as a whole
+(boxes smoothed over 5 frames, as the reference does), then played through an offline
+:class:`~lipsync_rt.pipeline.LipSyncSession` as an avatar with the speech pushed in, its frames and
+audio written by an :class:`~lipsync_rt.io.Mp4Sink` with their pts. The frame count comes from the
+sample count (``audio.frame_count``); the session computes the mel, once.
 """
 
 from __future__ import annotations
@@ -12,21 +14,21 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Optional, TextIO
 
 import numpy as np
 from tqdm import tqdm
 
-from .audio import SAMPLE_RATE, load_audio, mel_chunks, melspectrogram
-from .blend import Blender
-from .default_model import load_generator
-from .engine import Engine, TorchEngine
+from .audio import SAMPLE_RATE, check_finite, frame_count, load_audio
+from .default_model import describe_checkpoint, require_checkpoint
 from .errors import LipSyncError, MediaError
-from .face import ClipFaces, analyse_clip
-from .io.sinks import CallbackSink, run_sinks
-from .lipsync import crop_face, face_input, mel_input
-from .media import Mp4Writer, read_face_source
+from .face import analyse_clip
+from .io.sinks import Mp4Sink, run_sinks
+from .media import read_face_source
 from .pipeline import Avatar, LipSyncSession, SessionConfig, SessionStats
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 NO_BOX = (-1, -1, -1, -1)
 
@@ -66,78 +68,23 @@ class InferReport:
     seconds: float
 
 
-def _check_inputs(options: InferOptions) -> None:
-    for label, path in (("face", options.face), ("audio", options.audio)):
-        if not Path(path).is_file():
-            raise MediaError(f"{label} file not found: {path}")
-    if options.wav2lip_batch_size < 1:
-        raise LipSyncError(f"--wav2lip_batch_size must be >= 1, got {options.wav2lip_batch_size}")
-
-
-def lipsync_frames(
-    frames: Sequence[np.ndarray],
-    faces: ClipFaces,
-    chunks: np.ndarray,
-    engine: Engine,
-    blender: Blender,
-    batch_size: int = 128,
-) -> Iterator[np.ndarray]:
-    """Output frame i = frame ``i mod len(frames)`` with its mouth generated from mel window i.
-
-    Frames without a face pass through unchanged; the engine sees only frames that have one. This is
-    the reference's batch loop, kept as the oracle that the streaming graph's offline mode (which
-    ``run_inference`` uses) is tested against, frame for frame.
-    """
-    for start in range(0, len(chunks), batch_size):
-        ids = [i % len(frames) for i in range(start, min(len(chunks), start + batch_size))]
-        with_face = [k for k, j in enumerate(ids) if faces.has_face[j]]
-        generated = {}
-        if with_face:
-            crops = np.stack([crop_face(frames[ids[k]], faces.boxes[ids[k]]) for k in with_face])
-            pred = engine.infer(mel_input(chunks[[start + k for k in with_face]]), face_input(crops))
-            generated = dict(zip(with_face, pred))
-        for k, j in enumerate(ids):
-            if k in generated:
-                yield blender.paste(frames[j], generated[k], faces.boxes[j], faces.landmarks_of(j))
-            else:
-                yield frames[j]
-
-
-async def _stream(engine: Engine, avatar: Avatar, config: SessionConfig, wav: np.ndarray, writer: Mp4Writer,
-                  bar: tqdm) -> SessionStats:
-    """Push the whole speech into an offline session and write what comes out, encoding off the loop."""
-    async with LipSyncSession(engine, avatar=avatar, config=config) as session:
-        session.push_audio(wav, SAMPLE_RATE)
-        session.end_of_input()
-        sink = CallbackSink(on_frame=lambda frame: writer.write_video(frame.image),
-                            on_audio=lambda chunk: writer.write_audio(chunk.samples))
-        await run_sinks(session, [sink], on_frame=lambda frame: bar.update())
-    return session.stats()
-
-
 def run_inference(
-    options: InferOptions, engine: Optional[Engine] = None, progress: bool = True, log: Optional[TextIO] = None
+    options: InferOptions, engine: Optional["Engine"] = None, progress: bool = True, log: Optional[TextIO] = None
 ) -> InferReport:
     """Run the whole job; the output file appears only if every step succeeded."""
     started = time.perf_counter()
     _check_inputs(options)
-    # The checkpoint is checked first: a wrong one should fail in a second, not after face tracking.
-    if engine is None and options.engine != "torch":
-        from .engine import create_engine
-
-        engine = create_engine(options.engine, options.checkpoint_path, device=options.device, progress=progress)
-        model_name = f"{engine.name} engine of {options.checkpoint_path or 'the bundled lite model'}"
-    elif engine is None:
-        model, model_name = load_generator(options.checkpoint_path)
-        engine = TorchEngine(model, device=options.device)
+    # The engine first: a wrong checkpoint should fail in a second, not after face tracking.
+    if engine is None:
+        engine, model_name = _engine(options, progress)
     else:
         model_name = getattr(engine, "name", "engine")
     source = read_face_source(
         options.face, fps=options.fps, resize_factor=options.resize_factor, rotate=options.rotate, crop=options.crop
     )
     wav = load_audio(options.audio)
-    chunks = mel_chunks(melspectrogram(wav), source.fps, getattr(engine, "mel_offset", 0))
-    count = len(chunks)
+    count = frame_count(len(wav), source.fps, getattr(engine, "mel_offset", 0))
+    check_finite(wav)
 
     static = options.static or source.is_image
     # Like the reference: the video is cut to the audio, or looped from the start when shorter.
@@ -152,23 +99,56 @@ def run_inference(
         progress=progress,
     )
 
-    # The streaming graph in offline mode: nothing dropped or paced, same frames as lipsync_frames.
+    # The streaming graph in offline mode: nothing dropped or paced, the reference's batches.
     avatar = Avatar(frames, faces, fps=source.fps, name=source.name)
     config = SessionConfig(fps=source.fps, live=False, batch_size=options.wav2lip_batch_size, blend=options.blend,
                            encoder_cache=False)
     bar = tqdm(total=count, unit="frame", desc="lip sync", disable=not progress, file=log, leave=False)
-    with Mp4Writer(options.outfile, source.rate) as writer:
-        stats = asyncio.run(_stream(engine, avatar, config, wav, writer, bar))
+    sink = Mp4Sink(options.outfile, source.rate)
+    try:
+        stats = asyncio.run(_play(engine, avatar, config, wav, sink, bar))
         if stats.engine_errors:
             raise LipSyncError(f"the engine failed on {stats.engine_errors} batch(es) (run with -v for the "
                                "errors); no output was written")
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close()
     bar.close()
-    missing = sum(1 for i in range(count) if not faces.has_face[i % len(frames)])
     return InferReport(
         outfile=Path(options.outfile),
         frames=count,
         fps=source.fps,
-        frames_without_face=missing,
+        frames_without_face=sum(1 for i in range(count) if not faces.has_face[i % len(frames)]),
         model=model_name,
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_inputs(options: InferOptions) -> None:
+    for label, path in (("face", options.face), ("audio", options.audio)):
+        if not Path(path).is_file():
+            raise MediaError(f"{label} file not found: {path}")
+    if options.wav2lip_batch_size < 1:
+        raise LipSyncError(f"--wav2lip_batch_size must be >= 1, got {options.wav2lip_batch_size}")
+
+
+def _engine(options: InferOptions, progress: bool) -> tuple["Engine", str]:
+    """The engine ``options.engine`` names, and how the summary line names the model behind it."""
+    from .engine import create_engine
+
+    require_checkpoint(options.checkpoint_path)
+    engine = create_engine(options.engine, options.checkpoint_path, device=options.device, progress=progress)
+    if options.engine == "torch":
+        return engine, describe_checkpoint(options.checkpoint_path)
+    return engine, f"{engine.name} engine of {options.checkpoint_path or 'the bundled lite model'}"
+
+
+async def _play(engine: "Engine", avatar: Avatar, config: SessionConfig, wav: np.ndarray, sink: Mp4Sink,
+                bar: tqdm) -> SessionStats:
+    """Push the whole speech into an offline session; its output goes to ``sink``, encoded off the loop."""
+    async with LipSyncSession(engine, avatar=avatar, config=config) as session:
+        session.push_audio(wav, SAMPLE_RATE)
+        session.end_of_input()
+        await run_sinks(session, [sink], on_frame=lambda frame: bar.update(), close=False)
+    return session.stats()

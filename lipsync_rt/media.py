@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from .errors import MediaError
+from .timebase import as_rate
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def read_face_source(
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise MediaError(f"{path}: not a readable image")
-        rate = Fraction(fps).limit_denominator(1001)
+        rate = as_rate(fps)
         return FaceSource(frames=[prepare(image)], fps=float(fps), rate=rate, is_image=True, name=path.name)
 
     frames: list[np.ndarray] = []
@@ -223,7 +224,7 @@ def read_face_source(
         # a file cut short often just ends: the demuxer reports EOF, not an error
         truncated = True
         log.warning("%s: cut short, %d of %d frames decoded", path, len(frames), expected)
-    rate = rate or Fraction(fps).limit_denominator(1001)
+    rate = rate or as_rate(fps)
     return FaceSource(frames=frames, fps=float(rate), rate=rate, is_image=False, name=path.name,
                       truncated=truncated)
 
@@ -305,14 +306,6 @@ def probe(path: str | os.PathLike) -> MediaInfo:
 # Writing
 
 
-def _as_rate(fps: float | Fraction) -> Fraction:
-    """29.97002997 (a float of 30000/1001) must become 30000/1001 again, not a huge fraction."""
-    rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
-    if rate <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    return rate
-
-
 def to_i420(image: np.ndarray) -> np.ndarray:
     """BGR -> planar BT.601 limited-range YUV 4:2:0, the layout libx264 and VP8 encode.
 
@@ -370,7 +363,7 @@ class Mp4Writer:
         faststart: bool = True,
     ) -> None:
         self.path = Path(path)
-        self.rate = _as_rate(fps)
+        self.rate = as_rate(fps)
         self.audio_rate = int(audio_rate)
         self._has_audio = audio
         self._options = {"crf": str(crf), "preset": preset}

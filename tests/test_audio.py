@@ -25,7 +25,8 @@ librosa = pytest.importorskip("librosa")
 
 
 def reference_mel(wav):
-    """Wav2Lip's audio.melspectrogram as run under librosa 0.7 (facts §6), on today's librosa."""
+    """Wav2Lip's audio.melspectrogram as run under librosa 0.7 (docs/architecture.md, "Audio features"),
+    on today's librosa."""
     y = scipy.signal.lfilter([1, -0.97], [1], wav.astype(np.float64))
     d = librosa.stft(y, n_fft=800, hop_length=200, win_length=800, pad_mode="reflect")
     basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
@@ -283,6 +284,29 @@ def test_mel_chunks_offset_moves_windows_and_pads_with_silence(offset):
     assert [s for s in starts[:-1] if s >= 0] == [s for s in fitting if s >= 0]
     np.testing.assert_array_equal(chunks[-1], mel[:, -16:])
     assert len(chunks) >= len(mel_chunks(mel, 25))          # an earlier window never shortens the video
+
+
+@pytest.mark.parametrize("offset", [0, -1, -8, -15])
+@pytest.mark.parametrize("fps", [25.0, 29.97, 24.0, 60.0])
+def test_frame_count_from_the_sample_count_equals_mel_chunks(fps, offset):
+    rng = np.random.default_rng(7)
+    for n in (3000, 3199, 3200, 3201, 4567, 16000, 16199, 40_000):
+        wav = (0.05 * rng.standard_normal(n)).astype(np.float32)
+        assert audio.frame_count(n, fps, offset) == len(mel_chunks(melspectrogram(wav), fps, mel_offset=offset))
+
+
+def test_frame_count_and_check_finite_give_mel_chunks_errors():
+    with pytest.raises(MediaError, match="too short"):
+        audio.frame_count(2_999, 25)                                      # 15 columns
+    wav = np.zeros(8000, np.float32)
+    audio.check_finite(wav)
+    for bad in (np.nan, np.inf):
+        wav[1234] = bad
+        with pytest.raises(MediaError, match="NaN") as raised:
+            audio.check_finite(wav)
+        with pytest.raises(MediaError) as from_mel, np.errstate(invalid="ignore"):
+            mel_chunks(melspectrogram(wav), 25)
+        assert str(raised.value) == str(from_mel.value)
 
 
 @pytest.mark.parametrize("offset", [0, -8])

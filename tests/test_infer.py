@@ -12,8 +12,9 @@ from lipsync_rt.audio import load_audio, mel_chunks, melspectrogram
 from lipsync_rt.blend import Blender
 from lipsync_rt.engine import TorchEngine
 from lipsync_rt.face import analyse_clip
-from lipsync_rt.infer import InferOptions, lipsync_frames, run_inference
+from lipsync_rt.infer import InferOptions, run_inference
 from lipsync_rt.media import iter_video_frames, probe
+from oracle import lipsync_frames
 
 
 def _expected_frames(audio_path, fps: float) -> int:
@@ -72,7 +73,7 @@ def test_silence_is_fine(tmp_path, generator_checkpoint):
 
 
 def _reference(frames, boxes, chunks, model, batch_size):
-    """The reference inference.py loop, step by step (facts §7): crop, mask, batch, model, truncate, paste.
+    """The reference inference.py loop, step by step: crop, mask, batch, model, truncate, paste.
 
     Batched as the reference batches (float results of a convolution depend on the batch size).
     """

@@ -1,4 +1,4 @@
-"""Architectures against the facts' layer tables, and checkpoint loading in every accepted form."""
+"""Architectures against the upstream layer tables, and checkpoint loading in every accepted form."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from lipsync_rt.models import (
     save_checkpoint,
 )
 
-# name -> (class, parameters, state-dict keys), from wav2lip-facts.md §1-§3.
+# name -> (class, parameters, state-dict keys), as in upstream Wav2Lip's models/ and its public checkpoints.
 TOTALS = {
     "generator": (Wav2Lip, 36_298_035, 352),
     "expert": (SyncNet, 16_435_072, 217),
     "disc": (QualityDiscriminator, 14_113_793, 28),
 }
 
-# A sample of (key, shape) rows from the layer tables, including the easily-missed ones (§10).
+# A sample of (key, shape) rows from the layer tables, including the easily-missed ones.
 SHAPES = [
     (Wav2Lip, "face_encoder_blocks.0.0.conv_block.0.weight", (16, 6, 7, 7)),
     (Wav2Lip, "face_encoder_blocks.6.1.conv_block.0.weight", (512, 512, 1, 1)),

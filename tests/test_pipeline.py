@@ -19,11 +19,11 @@ from lipsync_rt.audio import SAMPLE_RATE, load_audio, mel_chunks, melspectrogram
 from lipsync_rt.blend import Blender
 from lipsync_rt.engine import TorchEngine
 from lipsync_rt.errors import LipSyncError
-from lipsync_rt.infer import lipsync_frames
 from lipsync_rt.media import iter_video_frames
 from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
 from lipsync_rt.pipeline.clock import LOOKAHEAD, MediaClock
 from lipsync_rt.pipeline.timeline import MelFramer
+from oracle import lipsync_frames
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def expert_run(corpus_root, tmp_path_factory) -> tuple[Path, dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Alignment (facts §6)
+# Alignment (docs/architecture.md, "Timing": training's windows start one frame earlier)
 
 
 def test_mel_window_alignment_and_bounds():

@@ -1,4 +1,7 @@
-"""What every benchmark shares: the machine it ran on, percentiles, and atomic JSON output.
+"""What every benchmark shares: the machine it ran on and PNG plots (JSON goes through
+``atomic.write_json_atomic``).
+
+Percentiles are ``lipsync_rt.pipeline.metrics.percentiles``, the ones a session reports.
 
 Figures are only comparable on the same machine in the same run, so every result file carries
 ``machine()`` and every benchmark measures its own baseline next to what it reports.
@@ -9,11 +12,9 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-import numpy as np
-
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path
 
 
 def cpu_name() -> str:
@@ -46,19 +47,6 @@ def machine() -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - absent or broken optional libraries are simply not listed
             pass
     return info
-
-
-def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
-    """``{"p50": ..., "p95": ..., "p99": ...}``; NaN for an empty series, so a missing figure is visible."""
-    data = np.asarray(list(values), dtype=np.float64)
-    if data.size == 0:
-        return {f"p{q:g}": float("nan") for q in qs}
-    return {f"p{q:g}": float(np.percentile(data, q)) for q in qs}
-
-
-def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` atomically (a reader never sees half a file), creating the folder."""
-    return write_json_atomic(path, payload)
 
 
 def pyplot():

@@ -26,7 +26,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from lipsync_rt.engine import Engine
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1].strip() if __doc__ else "Engine benchmark."
 EPILOG = """\
@@ -173,7 +178,7 @@ def real_inputs(face_path: str, audio_path: str, count: int):
 
 def measure(call: Callable[[], Any], batch: int, seconds: float, iters: Optional[int], warmup: int) -> dict[str, Any]:
     """Time ``call`` (one batch) repeatedly: frames/s over the timed calls and per-batch percentiles."""
-    from .common import percentiles
+    from lipsync_rt.pipeline.metrics import percentiles
 
     for _ in range(warmup):
         call()
@@ -267,7 +272,7 @@ class Engines:
         return load_engine(artifact, checkpoint, device=str(self.device) if kind == "tensorrt" else "cpu")
 
 
-def run_outputs(engine, backend: str, mel, face, chunk: int):
+def run_outputs(engine: "Engine", backend: str, mel: "np.ndarray", face: "np.ndarray", chunk: int) -> "np.ndarray":
     """Generated faces for all inputs, in chunks of ``chunk`` frames; avatar rows go through the cache."""
     import numpy as np
 
@@ -284,7 +289,7 @@ def run_outputs(engine, backend: str, mel, face, chunk: int):
     return np.concatenate(outs)
 
 
-def timed_call(engine, backend: str, mel, face, batch: int) -> Callable[[], Any]:
+def timed_call(engine: "Engine", backend: str, mel: "np.ndarray", face: "np.ndarray", batch: int) -> Callable[[], Any]:
     """One batch of ``batch`` frames, built from the real inputs by cycling through them."""
     import numpy as np
 
@@ -466,9 +471,9 @@ def run(args: argparse.Namespace) -> int:
     }
     print(format_table(payload))
     if args.json:
-        from .common import write_json
+        from lipsync_rt.atomic import write_json_atomic
 
-        print(f"wrote {write_json(args.json, payload)}")
+        print(f"wrote {write_json_atomic(args.json, payload)}")
     if args.plot:
         print(f"wrote {plot(payload, args.plot)}")
     return 0

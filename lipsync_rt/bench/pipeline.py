@@ -25,10 +25,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+
+if TYPE_CHECKING:
+    from lipsync_rt.engine import Engine
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1].strip()
 EPILOG = """\
@@ -65,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
         result = asyncio.run(measure(args, clip))
     _print(result)
     if args.json:
-        from .common import write_json
+        from lipsync_rt.atomic import write_json_atomic
 
-        write_json(args.json, result)
+        write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     if args.plot:
         plot(result, args.plot)
@@ -98,9 +102,11 @@ def make_clip(path: Path, fps: float = 25.0, seconds: float = 8.0) -> Path:
 async def measure(args: argparse.Namespace, clip: str) -> dict:
     from lipsync_rt.engine.factory import create_engine
     from lipsync_rt.io import FileSource
-    from lipsync_rt.pipeline import Avatar, LipSyncSession, LoopLagProbe, SessionConfig
+    from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
+    from lipsync_rt.pipeline.metrics import percentiles
 
-    from .common import machine, percentiles
+    from .common import machine
+    from .loop_lag import LoopLagProbe
 
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(None, create_engine, args.engine, args.checkpoint_path)
@@ -174,9 +180,9 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
     }
 
 
-def _engine_baseline(engine) -> dict:
+def _engine_baseline(engine: "Engine") -> dict:
     """One-frame engine calls on zeros, after two warm-ups: the cost a live stream pays per frame."""
-    from .common import percentiles
+    from lipsync_rt.pipeline.metrics import percentiles
 
     mel, face = np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, 96, 96), np.float32)
     for _ in range(2):

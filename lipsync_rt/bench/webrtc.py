@@ -13,8 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from lipsync_rt.engine import Engine
+    from lipsync_rt.pipeline import Avatar
 
 DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 EPILOG = """\
@@ -45,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot: frames/s and latency per session count")
 
 
-async def _step(engine, avatar, frame, speech, args, count: int) -> dict:
+async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech: "np.ndarray",
+                args: argparse.Namespace, count: int) -> dict:
     import asyncio
     import os
     import time
@@ -58,7 +66,7 @@ async def _step(engine, avatar, frame, speech, args, count: int) -> dict:
     from ..webrtc import LipSyncServer, ServerConfig
     from ..webrtc.loopback import LoopbackClient
     from ..webrtc.server import listening
-    from .common import percentiles
+    from lipsync_rt.pipeline.metrics import percentiles
 
     batcher = MicroBatcher(engine, max_batch=args.max_batch)
     server = LipSyncServer(batcher, {"face": avatar}, ServerConfig(max_sessions=count),
@@ -113,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import LipSyncError
     from ..pipeline import Avatar
     from ..webrtc.avatars import EXAMPLE_FACE
-    from .common import machine, write_json
+    from ..atomic import write_json_atomic
+    from .common import machine
 
     if not EXAMPLE_FACE.is_file():
         raise LipSyncError(f"the benchmark needs the example face ({EXAMPLE_FACE})")
@@ -141,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         "max_sessions_held_with_p99_overhead_le_50ms": max(held) if held else 0, "steps": steps,
     }
     if args.json:
-        print(f"wrote {write_json(args.json, payload)}")
+        print(f"wrote {write_json_atomic(args.json, payload)}")
     if args.plot:
         print(f"wrote {plot(payload, args.plot)}")
     return 0

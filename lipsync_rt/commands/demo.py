@@ -12,8 +12,13 @@ import argparse
 import asyncio
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+
+if TYPE_CHECKING:
+    from lipsync_rt.io import Sink
+    from lipsync_rt.pipeline import LipSyncSession, OutputFrame
 
 DESCRIPTION = (
     "Live lip sync: a webcam (or an avatar clip/photo with --face) and a microphone (or an audio file "
@@ -126,13 +131,13 @@ async def _demo(args: argparse.Namespace) -> int:
 class _Status:
     """The one-line status refreshed in the terminal: fps, latency, drops."""
 
-    def __init__(self, session, sink, quiet: bool) -> None:
+    def __init__(self, session: "LipSyncSession", sink: "Sink", quiet: bool) -> None:
         self.session, self.sink = session, sink
         self.enabled = not quiet and sys.stderr.isatty()
         self.times: list[float] = []
         self.last = 0.0
 
-    def frame(self, frame) -> None:
+    def frame(self, frame: "OutputFrame") -> None:
         now = time.monotonic()
         self.times.append(now)
         if len(self.times) > 50:

@@ -8,10 +8,13 @@ import asyncio
 import concurrent.futures
 import os
 from fractions import Fraction
-from typing import Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence
 
 from lipsync_rt.errors import MediaError
 from lipsync_rt.pipeline import OutputAudio, OutputFrame
+
+if TYPE_CHECKING:
+    from lipsync_rt.pipeline import LipSyncSession
 
 
 class Sink(Protocol):
@@ -75,11 +78,14 @@ class CallbackSink:
         pass
 
 
-async def run_sinks(session, sinks: Sequence[Sink], *, on_frame: Optional[Callable[[OutputFrame], None]] = None) -> None:
+async def run_sinks(session: "LipSyncSession", sinks: Sequence[Sink], *,
+                    on_frame: Optional[Callable[[OutputFrame], None]] = None, close: bool = True) -> None:
     """Feed ``session.video()`` and ``session.audio()`` to ``sinks`` until both end, then close them.
 
     ``on_frame`` runs on the event loop for each frame (status lines, counters). A sink that raises
     ends the run with that error; the sinks are closed either way (an mp4 is finalised, not lost).
+    ``close`` False leaves closing (or aborting) the sinks to the caller, who may still reject the
+    result (``infer`` does when an engine batch failed).
     """
     loop = asyncio.get_running_loop()
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lipsync-sink")
@@ -98,7 +104,7 @@ async def run_sinks(session, sinks: Sequence[Sink], *, on_frame: Optional[Callab
         await asyncio.gather(pump(session.video(), "write_video"), pump(session.audio(), "write_audio"))
     finally:
         errors = []
-        for sink in sinks:
+        for sink in sinks if close else ():
             try:
                 await loop.run_in_executor(pool, sink.close)
             except MediaError as e:

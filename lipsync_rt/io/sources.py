@@ -12,10 +12,14 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from lipsync_rt.audio import SAMPLE_RATE, load_audio
 from lipsync_rt.errors import MediaError
+from lipsync_rt.pipeline.clock import sleep_until
+
+if TYPE_CHECKING:
+    from lipsync_rt.pipeline import LipSyncSession
 
 
 class FileSource:
@@ -52,7 +56,7 @@ class FileSource:
             yield pos, piece
             pos += piece.size
 
-    async def run(self, session) -> None:
+    async def run(self, session: "LipSyncSession") -> None:
         """Push everything, then ``end_of_input`` (also when this task is cancelled or fails)."""
         with_video = self.video if self.video is not None else session.avatar is None
         try:
@@ -64,16 +68,16 @@ class FileSource:
         finally:
             session.end_of_input()
 
-    async def _push_audio(self, session) -> None:
+    async def _push_audio(self, session: "LipSyncSession") -> None:
         for pos, piece in self._audio_stream():
             if self.realtime:
-                await _sleep_until(self.started + (pos + piece.size) / SAMPLE_RATE)
+                await sleep_until(self.started + (pos + piece.size) / SAMPLE_RATE)
             else:
                 await asyncio.sleep(0)
             session.push_audio(piece, SAMPLE_RATE)
             self.samples_pushed += piece.size
 
-    async def _push_video(self, session) -> None:
+    async def _push_video(self, session: "LipSyncSession") -> None:
         from lipsync_rt.media import iter_video_frames
 
         loop = asyncio.get_running_loop()
@@ -92,7 +96,7 @@ class FileSource:
                     frames.close()
                     return
                 if self.realtime:
-                    await _sleep_until(self.started + t)
+                    await sleep_until(self.started + t)
                 session.push_video(frame.image, capture_time=time.monotonic())
                 self.frames_pushed += 1
                 last_time, count = t, count + 1
@@ -101,9 +105,3 @@ class FileSource:
             if not self.loop:
                 return
             offset = last_time + (last_time - offset) / max(count - 1, 1)
-
-
-async def _sleep_until(deadline: float) -> None:
-    delay = deadline - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)

@@ -2,7 +2,7 @@
 
 The network is split into its three parts (face encoder, audio encoder, decoder) as methods, because
 the face encoder's features depend only on the face input: avatar mode computes them once per avatar
-frame and reuses them (see ``design.md``, Engines).
+frame and reuses them (docs/architecture.md, "Engines").
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ async with LipSyncSession(engine, avatar=avatar, config=SessionConfig(live=True)
 """
 
 from .avatar import Avatar
-from .clock import LOOKAHEAD, LoopLagProbe, MediaClock
+from .clock import LOOKAHEAD, MediaClock
 from .config import SessionConfig, SessionStats
 from .messages import OutputAudio, OutputFrame
 from .session import LipSyncSession
 
 __all__ = ["Avatar", "LipSyncSession", "SessionConfig", "SessionStats", "OutputFrame", "OutputAudio",
-           "MediaClock", "LoopLagProbe", "LOOKAHEAD"]
+           "MediaClock", "LOOKAHEAD"]

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from lipsync_rt.face import ClipFaces, FaceTrack, analyse_file
 from lipsync_rt.lipsync import crop_face, face_input
 
+if TYPE_CHECKING:
+    from lipsync_rt.engine import AvatarFeatures, Engine, MicroBatcher, SplitEngine
 
-def _split_engine(engine: object) -> Optional[object]:
+
+def _split_engine(engine: "Engine | MicroBatcher") -> Optional["SplitEngine"]:
     """The SplitEngine behind ``engine`` (a MicroBatcher is unwrapped), or None."""
     inner = getattr(engine, "engine", engine)
     if callable(getattr(inner, "encode_face", None)) and callable(getattr(inner, "infer_encoded", None)):
@@ -35,7 +38,7 @@ class Avatar:
     """Prepared avatar data. ``rows[j]`` is avatar frame j's row in ``crops``/``features`` (-1: no face)."""
 
     def __init__(self, frames: Sequence[np.ndarray], faces: ClipFaces, *, fps: float = 25.0,
-                 name: str = "avatar", features=None) -> None:
+                 name: str = "avatar", features: Optional["AvatarFeatures"] = None) -> None:
         if not frames:
             raise ValueError("an avatar needs at least one frame")
         self.frames = list(frames)
@@ -50,7 +53,7 @@ class Avatar:
         self.features = features
 
     @classmethod
-    def prepare(cls, path: str | os.PathLike, engine=None, *, fps: float = 25.0,
+    def prepare(cls, path: str | os.PathLike, engine: "Engine | MicroBatcher | None" = None, *, fps: float = 25.0,
                 pads: Sequence[int] = (0, 10, 0, 0)) -> "Avatar":
         """Decode, analyse (cached) and, with a SplitEngine, encode an avatar file. Blocking.
 
@@ -67,7 +70,7 @@ class Avatar:
             avatar.encode(engine)
         return avatar
 
-    def encode(self, engine, batch_size: int = 16) -> bool:
+    def encode(self, engine: "Engine | MicroBatcher", batch_size: int = 16) -> bool:
         """Compute the face-encoder features with ``engine`` if it is a SplitEngine; True if done."""
         split = _split_engine(engine)
         if split is None or len(self.crops) == 0:

@@ -20,7 +20,7 @@ class SessionConfig:
     output equals the batch ``infer`` path.
 
     ``overhead_ms`` is the processing budget D - L. None picks it at start() from a warm-up
-    measurement of the engine (``LipSyncSession._auto_overhead``).
+    measurement of the engine (``calibration.measure_overhead``).
     ``audio_grace_ms``: in live mode, audio that is this late is replaced by silence (then appended
     when it comes), so one slow push does not make every later frame miss its release time.
     ``skip_silence``: frames whose whole mel window lies in such filled silence are not generated

@@ -1,14 +1,23 @@
 """The messages that flow between stages: small frozen dataclasses with explicit pts and time bases.
 
 Public: :class:`OutputFrame` and :class:`OutputAudio`, what a session hands its sinks. The rest are
-internal to the graph. Video pts count frames (time base 1/fps); audio pts count samples at 16 kHz.
+internal to the graph, in the order a frame meets them::
+
+    MelWindow ─┐
+               ├─► Job ─► (engine) ─► GeneratedFaces ─► (blend) ─► FrameResult ─► OutputFrame
+    SourceFrame┘     └──────── passed through unchanged ──────────► FrameResult ─┘
+
+Video pts count frames (time base 1/fps); audio pts count samples at 16 kHz. Every message on its
+way to release carries the ``generation`` it was made in: the release stage lets through only the
+current generation, which is the one place a barge-in (``interrupt``) has to touch to discard
+everything in flight (docs/architecture.md, "Interruption").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -47,13 +56,14 @@ class OutputAudio:
 
 @dataclass(frozen=True, eq=False)
 class MelWindow:
-    """Frame ``index``'s 80x16 mel window; ``arrival`` is when its last needed sample came in;
-    ``idle`` when it lies wholly in filled-in silence."""
+    """Frame ``index``'s 80x16 mel window; ``arrival`` is when its last needed sample came in (None
+    offline, where nothing is timed); ``idle`` when it lies wholly in filled-in silence."""
 
     index: int
     window: np.ndarray
     arrival: Optional[float]
     idle: bool
+    generation: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +80,7 @@ class SourceFrame:
 
 @dataclass(frozen=True, eq=False)
 class Job:
-    """Everything needed to produce output frame ``index``."""
+    """Everything needed to generate output frame ``index``: its picture and its mel window."""
 
     frame: SourceFrame
     mel: MelWindow
@@ -80,18 +90,53 @@ class Job:
         return self.frame.index
 
     @property
+    def generation(self) -> int:
+        return self.mel.generation
+
+    @property
     def capture_time(self) -> Optional[float]:
         times = [t for t in (self.frame.capture_time, self.mel.arrival) if t is not None]
         return max(times) if times else None
 
 
+#: The model's face input for a batch: 6x96x96 crops, or an avatar's cached encoder features.
+FaceBatch = Union[np.ndarray, Sequence[np.ndarray]]
+
+
 @dataclass(frozen=True, eq=False)
-class Result:
-    """A finished frame waiting for its release time; ``reason`` says why it was not generated."""
+class GeneratedFaces:
+    """One engine batch's output: ``faces[k]`` (3x96x96 in [0, 1], BGR) is the mouth of ``jobs[k]``."""
+
+    jobs: list[Job]
+    faces: np.ndarray
+
+
+#: Why a frame left without a generated mouth. ``PENDING`` marks the stand-in a job leaves at the
+#: release stage: what goes out (as a drop) if the generated frame is not back by its release time.
+PENDING, DROPPED, NO_FACE, IDLE, ERROR, NO_PICTURE = "pending", "dropped", "no_face", "idle", "error", "no_picture"
+
+
+@dataclass(frozen=True, eq=False)
+class FrameResult:
+    """What output frame ``index`` will show: a generated frame (``reason`` None) or its picture passed
+    through unchanged, with the reason. ``image`` None: nothing to show (camera mode before the first
+    camera frame); the slot is skipped."""
 
     index: int
-    image: Optional[np.ndarray]            # None: nothing to show for this slot (no camera frame yet)
+    image: Optional[np.ndarray]
     generated: bool
     capture_time: Optional[float]
-    ready: float
-    reason: Any = None
+    reason: Optional[str] = None
+    generation: int = 0
+
+    @classmethod
+    def passed_through(cls, frame: SourceFrame, reason: str, generation: int = 0) -> "FrameResult":
+        return cls(frame.index, frame.image, False, frame.capture_time, reason, generation)
+
+    @classmethod
+    def nothing(cls, index: int, generation: int = 0) -> "FrameResult":
+        return cls(index, None, False, None, NO_PICTURE, generation)
+
+    @property
+    def final(self) -> bool:
+        return self.reason != PENDING

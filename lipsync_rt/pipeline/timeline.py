@@ -2,14 +2,17 @@
 
 :class:`Timeline` holds the 16 kHz samples between being written (pushed audio, or silence put in
 for audio that did not come in time) and being released to the sinks, and remembers where the
-filled-in silence lies. :class:`MelFramer` turns the same samples into one 80x16 window per video
-frame with ``StreamingMel``, with exactly ``audio.mel_chunks``'s frame count and windows, including
-its final window clamped to the last 16 columns.
+filled-in silence lies: the unreleased audio of a session is exactly ``[released, end)`` here.
+:class:`MelFramer` turns the same samples into one 80x16 window per video frame with
+``StreamingMel``, with exactly ``audio.mel_chunks``'s frame count and windows, including its final
+window clamped to the last 16 columns.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
+
 import numpy as np
 
 from lipsync_rt.audio import HOP, MEL_SILENCE, MEL_STEP, N_MELS, StreamingMel
@@ -18,15 +21,18 @@ from .clock import MediaClock
 
 
 class Timeline:
-    """Samples by absolute position. ``end`` is the write position; ``closed`` after end of input."""
+    """Samples by absolute position, as written (one stored piece per :meth:`append`).
 
-    def __init__(self, store: bool = True) -> None:
-        self.store = store
+    ``end`` is the write position; ``closed`` after end of input. Readers wait with :meth:`wait_for`.
+    """
+
+    def __init__(self) -> None:
         self.end = 0
         self.closed = False
         self.silence_samples = 0
         self._chunks: deque[tuple[int, np.ndarray]] = deque()   # (start, samples)
         self._silence: list[list[int]] = []                       # merged [start, stop) intervals
+        self._changed = asyncio.Event()
 
     def append(self, samples: np.ndarray, silence: bool = False) -> int:
         """Write samples at the end; returns their start position."""
@@ -34,8 +40,7 @@ class Timeline:
         n = int(samples.size)
         if n == 0:
             return start
-        if self.store:
-            self._chunks.append((start, samples))
+        self._chunks.append((start, samples))
         if silence:
             self.silence_samples += n
             if self._silence and self._silence[-1][1] == start:
@@ -43,7 +48,26 @@ class Timeline:
             else:
                 self._silence.append([start, start + n])
         self.end += n
+        self._changed.set()
         return start
+
+    def close(self) -> None:
+        """End of input: nothing more will be written."""
+        self.closed = True
+        self._changed.set()
+
+    async def wait_for(self, position: int) -> None:
+        """Until samples up to ``position`` are written, or the timeline is closed."""
+        while self.end < position and not self.closed:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def piece_end(self, position: int) -> int:
+        """End of the stored piece that holds ``position`` (``end`` when none does)."""
+        for a, chunk in self._chunks:
+            if a <= position < a + chunk.size:
+                return a + chunk.size
+        return self.end
 
     def is_silence(self, start: int, stop: int) -> bool:
         """True when [start, stop) lies inside one stretch of filled-in silence (clipped to the stream)."""
@@ -72,6 +96,7 @@ class Timeline:
         return out
 
     def discard_before(self, position: int) -> None:
+        """Forget what has been released (silence intervals are kept 0.5 s longer for ``is_silence``)."""
         while self._chunks and self._chunks[0][0] + self._chunks[0][1].size <= position:
             self._chunks.popleft()
         while len(self._silence) > 1 and self._silence[0][1] <= position - 8000:
@@ -87,14 +112,12 @@ class MelFramer:
         self._cols = np.zeros((N_MELS, 0), np.float32)
         self._base = 0          # absolute index of self._cols[:, 0]
         self.next_index = 0
-        self.finished = False
 
     def push(self, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
         return self._add(self._mel.push(samples), final=False)
 
     def flush(self) -> list[tuple[int, np.ndarray]]:
         """End of stream: the remaining windows, then ``mel_chunks``'s final clamped window."""
-        self.finished = True
         return self._add(self._mel.flush(), final=True)
 
     def window_samples(self, index: int) -> tuple[int, int]:

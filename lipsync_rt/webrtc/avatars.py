@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..errors import LipSyncError
+
+if TYPE_CHECKING:
+    from ..engine import Engine, MicroBatcher
+    from ..pipeline import Avatar
 
 EXAMPLE_FACE = Path(__file__).resolve().parents[2] / "examples" / "face.jpg"
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -39,9 +43,9 @@ def default_avatar_specs() -> dict[str, Path]:
     return {"face": EXAMPLE_FACE} if EXAMPLE_FACE.is_file() else {}
 
 
-async def prepare_avatars(paths: dict[str, Path], engine: Any, *, fps: float = 25.0,
+async def prepare_avatars(paths: dict[str, Path], engine: "Engine | MicroBatcher", *, fps: float = 25.0,
                           pads: tuple[int, int, int, int] = (0, 10, 0, 0),
-                          loop: Optional[asyncio.AbstractEventLoop] = None) -> dict[str, Any]:
+                          loop: Optional[asyncio.AbstractEventLoop] = None) -> dict[str, "Avatar"]:
     """``Avatar.prepare`` each one in an executor, one after the other (they share the engine)."""
     from ..pipeline import Avatar
 

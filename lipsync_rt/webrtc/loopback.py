@@ -16,10 +16,11 @@ import aiohttp
 import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
 from ..errors import LipSyncError
-from .tracks import VIDEO_TIME_BASE, MediaClock, audio_frame
+from ..pipeline.clock import MediaClock
+from .tracks import audio_frame
 
 
 class ClipVideoTrack(MediaStreamTrack):

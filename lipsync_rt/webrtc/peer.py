@@ -12,18 +12,25 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from aiortc import RTCPeerConnection
+from aiortc.contrib.media import MediaBlackhole
+from aiortc.mediastreams import MediaStreamTrack
 
+from ..pipeline.clock import MediaClock
+from ..pipeline.messages import OutputFrame
 from .metrics import RateMeter, ServerMetrics
-from .tracks import MediaClock, SessionAudioTrack, SessionVideoTrack, discard, read_audio, read_video_newest
+from .tracks import SessionAudioTrack, SessionVideoTrack, read_audio, read_video_newest
+
+if TYPE_CHECKING:
+    from ..pipeline import LipSyncSession
 
 log = logging.getLogger(__name__)
 
 
 class Peer:
-    def __init__(self, pc: RTCPeerConnection, session: Any, mode: str, metrics: ServerMetrics,
+    def __init__(self, pc: RTCPeerConnection, session: "LipSyncSession", mode: str, metrics: ServerMetrics,
                  on_closed: Callable[["Peer"], None]) -> None:
         self.id = secrets.token_urlsafe(16)
         self.short_id = self.id[:8]
@@ -39,6 +46,7 @@ class Peer:
         self._closing: Optional[asyncio.Future] = None
         self.closed = asyncio.Event()
         self.registered = False  # set by the server once the answer is out; only then is it counted
+        self._blackhole = MediaBlackhole()  # reads a camera nobody uses, so aiortc's queue cannot grow
         clock = MediaClock()
         self.video_track = SessionVideoTrack(session.video(), clock, on_frame=self._sent_video)
         self.audio_track = SessionAudioTrack(session.audio(), clock, on_frame=self._sent_audio)
@@ -46,7 +54,7 @@ class Peer:
         pc.on("connectionstatechange", self._on_state)
 
     # -- outgoing
-    def _sent_video(self, item: Any) -> None:
+    def _sent_video(self, item: OutputFrame) -> None:
         self.frames_sent += 1
         self.fps.tick()
         self.metrics.frames_sent += 1
@@ -67,13 +75,14 @@ class Peer:
     def _dropped_input(self, count: int) -> None:
         self.metrics.input_frames_dropped += count
 
-    def _on_track(self, track) -> None:
+    def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
             self._spawn(read_audio(track, self.session.push_audio))
         elif self.mode == "camera":
             self._spawn(read_video_newest(track, self.session.push_video, self._dropped_input))
-        else:
-            self._spawn(discard(track))  # avatar mode has no use for a camera, but its queue must not grow
+        else:                       # avatar mode has no use for a camera
+            self._blackhole.addTrack(track)
+            self._spawn(self._blackhole.start())
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -106,6 +115,7 @@ class Peer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._blackhole.stop()
         try:
             await self.pc.close()
         except Exception:  # noqa: BLE001 - a broken transport must not stop the rest of the cleanup

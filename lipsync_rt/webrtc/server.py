@@ -17,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Optional
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -26,6 +26,13 @@ from ..errors import LipSyncError
 from .limits import MAX_BODY_BYTES, MODES, HTTPRefusal, OfferRequest, check_size, check_token, parse_offer
 from .metrics import CONTENT_TYPE, ServerMetrics, render
 from .peer import Peer
+
+if TYPE_CHECKING:
+    from ..engine import Engine, MicroBatcher
+    from ..pipeline import Avatar, LipSyncSession, SessionConfig
+
+    #: Makes one session from the shared batcher and the avatar chosen (None in camera mode).
+    SessionFactory = Callable[[MicroBatcher, Optional[Avatar]], LipSyncSession]
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -73,8 +80,9 @@ class LipSyncServer:
     :class:`~lipsync_rt.pipeline.LipSyncSession`.
     """
 
-    def __init__(self, engine: Any, avatars: dict[str, Any], config: ServerConfig = ServerConfig(), *,
-                 session_config: Any = None, session_factory: Optional[Callable[[Any, Any], Any]] = None,
+    def __init__(self, engine: "Engine | MicroBatcher", avatars: dict[str, "Avatar"], config: ServerConfig = ServerConfig(),
+                 *, session_config: Optional["SessionConfig"] = None,
+                 session_factory: Optional["SessionFactory"] = None,
                  max_batch: int = 16) -> None:
         self.config = config
         self.avatars = dict(avatars)
@@ -82,17 +90,17 @@ class LipSyncServer:
         self.peers: dict[str, Peer] = {}
         self._reserved = 0
         self._owns_batcher = False
-        if hasattr(engine, "stats") and hasattr(engine, "engine"):
+        from ..engine.batcher import MicroBatcher
+
+        if isinstance(engine, MicroBatcher):
             self.batcher = engine
         else:
-            from ..engine.batcher import MicroBatcher
-
             self.batcher = MicroBatcher(engine, max_batch=max_batch)
             self._owns_batcher = True
         self._session_config = session_config
         self._session_factory = session_factory or self._default_session
 
-    def _default_session(self, engine: Any, avatar: Any) -> Any:
+    def _default_session(self, engine: "MicroBatcher", avatar: Optional["Avatar"]) -> "LipSyncSession":
         from ..pipeline import LipSyncSession, SessionConfig
 
         return LipSyncSession(engine, avatar=avatar, config=self._session_config or SessionConfig())
@@ -251,7 +259,7 @@ async def listening(server: LipSyncServer, host: str = "127.0.0.1", port: int = 
         await runner.cleanup()
 
 
-async def serve_forever(engine: Any, avatar_paths: dict[str, Path], config: ServerConfig, *, fps: float = 25.0,
+async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str, Path], config: ServerConfig, *, fps: float = 25.0,
                         blend: str = "feather", max_batch: int = 16, overhead_ms: Optional[float] = None,
                         ready: Optional[Callable[[str], None]] = None) -> None:
     """Prepare the avatars, start the server, print its address, and run until cancelled (Ctrl-C)."""

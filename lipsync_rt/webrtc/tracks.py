@@ -1,9 +1,10 @@
 """Media between aiortc and a lip-sync session: outgoing tracks fed by the session, incoming readers.
 
 aiortc's sender pulls: it awaits ``track.recv()`` in a loop and sends whatever it gets at once, so the
-tracks here release each frame at its time on the session's media clock. A live session already
-releases outputs on time; the shared :class:`MediaClock` keeps a peer's audio and video on one wall
-clock anyway, so an offline session or a burst after a stall is never sent faster than real time.
+tracks here release each frame at its time on a media clock. A live session already releases outputs
+on time; one :class:`~lipsync_rt.pipeline.clock.MediaClock` per peer, anchored by the first item sent,
+keeps its audio and video on one wall clock anyway, so an offline session or a burst after a stall is
+never sent faster than real time. RTP constants (90 kHz video clock, 20 ms audio frames) are aiortc's.
 
 Incoming video is read so that a slow consumer never builds latency: aiortc decodes into an unbounded
 queue, so one task drains it and keeps only the newest frame. Incoming audio is never dropped: it is
@@ -20,28 +21,14 @@ from typing import AsyncIterator, Callable, Optional
 
 import av
 import numpy as np
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import AUDIO_PTIME, VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
-VIDEO_TIME_BASE = Fraction(1, 90000)  # RTP video clock
-AUDIO_PTIME = 0.020  # 20 ms audio frames, what Opus and browsers expect
+from ..audio import SAMPLE_RATE
+from ..pipeline.clock import MediaClock
+from ..pipeline.messages import OutputAudio, OutputFrame
 
-
-class MediaClock:
-    """One wall-clock anchor shared by a peer's outgoing tracks, so both leave on the same clock."""
-
-    def __init__(self) -> None:
-        self._anchor: Optional[float] = None
-
-    async def wait_until(self, media_time: float) -> float:
-        """Sleep until ``media_time`` (seconds on the media clock) is due; return how late it already was."""
-        now = time.monotonic()
-        if self._anchor is None:
-            self._anchor = now - media_time
-        due = self._anchor + media_time
-        if due > now:
-            await asyncio.sleep(due - now)
-            return 0.0
-        return now - due
+__all__ = ["MediaClock", "SessionAudioTrack", "SessionVideoTrack", "audio_frame", "read_audio",
+           "read_video_newest"]
 
 
 class SessionVideoTrack(MediaStreamTrack):
@@ -49,7 +36,8 @@ class SessionVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, frames: AsyncIterator, clock: MediaClock, on_frame: Optional[Callable] = None) -> None:
+    def __init__(self, frames: AsyncIterator[OutputFrame], clock: MediaClock,
+                 on_frame: Optional[Callable[[OutputFrame], None]] = None) -> None:
         super().__init__()
         self._frames = frames
         self._clock = clock
@@ -93,14 +81,15 @@ class SessionAudioTrack(MediaStreamTrack):
     kind = "audio"
     MAX_GAP_S = 1.0
 
-    def __init__(self, chunks: AsyncIterator, clock: MediaClock, on_frame: Optional[Callable] = None) -> None:
+    def __init__(self, chunks: AsyncIterator[OutputAudio], clock: MediaClock,
+                 on_frame: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
         self._chunks = chunks
         self._on_frame = on_frame
         self._clock = clock
         self._buffer = np.zeros(0, np.float32)
         self._pts: Optional[int] = None  # pts of the first sample in the buffer
-        self._rate = 16000
+        self._rate = SAMPLE_RATE
         self._ended = False
 
     def _append(self, samples: np.ndarray, pts: int, rate: int) -> None:
@@ -145,14 +134,14 @@ class SessionAudioTrack(MediaStreamTrack):
 
 async def read_audio(track: MediaStreamTrack, push: Callable[[np.ndarray, int], None]) -> None:
     """Feed every incoming audio frame, as 16 kHz mono s16, to ``push(pcm, rate)`` until the track ends."""
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
         for out in resampler.resample(frame):
-            push(out.to_ndarray().reshape(-1), 16000)
+            push(out.to_ndarray().reshape(-1), SAMPLE_RATE)
 
 
 async def read_video_newest(
@@ -204,12 +193,3 @@ async def read_video_newest(
     finally:
         drainer.cancel()
         await asyncio.gather(drainer, return_exceptions=True)
-
-
-async def discard(track: MediaStreamTrack) -> None:
-    """Read and drop a track nobody uses, so aiortc's receive queue cannot grow."""
-    while True:
-        try:
-            await track.recv()
-        except MediaStreamError:
-            return

@@ -1,0 +1,94 @@
+"""``lipsync-rt infer``: Wav2Lip's ``inference.py`` as a command, with the same options and defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+
+#: The ``--engine`` default of this command, in one place.
+ENGINE_DEFAULT = "torch"
+
+DESCRIPTION = (
+    "Lip-sync a face video or photo to any audio (wav, mp3, m4a, or the audio of a video) and write "
+    "an mp4 (H.264 + AAC). The options are those of Wav2Lip's inference.py, with the same names and "
+    "defaults, plus --device and --blend."
+)
+EPILOG = """\
+examples:
+  lipsync-rt infer --face examples/face.jpg --audio examples/speech.wav
+  lipsync-rt infer --checkpoint_path wav2lip_gan.pth --face talk.mp4 --audio dub.m4a --outfile out.mp4
+  lipsync-rt infer --face clip.mp4 --audio speech.mp3 --box 120 380 200 420 --blend none
+"""
+
+
+def _truthy(text: str) -> bool:
+    """``--static`` takes an optional value; unlike the reference's ``type=bool``, 'False' means False."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on", "y", "t"):
+        return True
+    if value in ("0", "false", "no", "off", "n", "f", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint_path", help="generator checkpoint (public wav2lip.pth / wav2lip_gan.pth, or one "
+                   "trained by train/); default: the bundled default model")
+    p.add_argument("--face", required=True, help="video or image (jpg, png, ...) with a face")
+    p.add_argument("--audio", required=True, help="any audio FFmpeg reads, including the audio of a video file")
+    p.add_argument("--outfile", default="results/result_voice.mp4", help="output mp4 (default: %(default)s)")
+    p.add_argument("--static", type=_truthy, nargs="?", const=True, default=False,
+                   help="use only the first video frame (always on for an image)")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate for an image face (default: %(default)s)")
+    p.add_argument("--pads", nargs=4, type=int, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                   help="pixels added to the detected face box; raise BOTTOM to include the chin (default: 0 10 0 0)")
+    p.add_argument("--face_det_batch_size", type=int, default=16,
+                   help="accepted for compatibility; MediaPipe detects one frame at a time")
+    p.add_argument("--wav2lip_batch_size", type=int, default=128, help="frames per model batch (default: %(default)s)")
+    p.add_argument("--resize_factor", type=int, default=1,
+                   help="divide the frame size by this first; faster, and often better for 1080p+ input")
+    p.add_argument("--crop", nargs=4, type=int, default=[0, -1, 0, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                   help="crop the frame after resize/rotate; -1 means the full extent (default: 0 -1 0 -1)")
+    p.add_argument("--box", nargs=4, type=int, default=[-1, -1, -1, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+                   help="fixed face box for every frame, skipping detection (default: detect)")
+    p.add_argument("--rotate", action="store_true", help="rotate frames 90 degrees clockwise (phone videos)")
+    p.add_argument("--nosmooth", action="store_true", help="do not smooth face boxes over 5 frames")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--blend", choices=("feather", "none"), default="feather",
+                   help="feather: soft lower-face mask with colour matching (default); none: the reference's "
+                   "hard rectangular paste, for comparisons")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default=ENGINE_DEFAULT,
+                   help=f"{ENGINE_HELP} (default: {ENGINE_DEFAULT}, which gives the reference's frames)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lipsync_rt.infer import InferOptions, run_inference  # heavy imports only when needed
+
+    options = InferOptions(
+        face=args.face,
+        audio=args.audio,
+        outfile=args.outfile,
+        checkpoint_path=args.checkpoint_path,
+        static=args.static,
+        fps=args.fps,
+        pads=tuple(args.pads),
+        face_det_batch_size=args.face_det_batch_size,
+        wav2lip_batch_size=args.wav2lip_batch_size,
+        resize_factor=args.resize_factor,
+        crop=tuple(args.crop),
+        box=tuple(args.box),
+        rotate=args.rotate,
+        nosmooth=args.nosmooth,
+        device=args.device,
+        blend=args.blend,
+        engine=args.engine,
+    )
+    report = run_inference(options, progress=not args.quiet)
+    note = f", {report.frames_without_face} without a face (passed through)" if report.frames_without_face else ""
+    print(
+        f"wrote {report.outfile}: {report.frames} frames at {report.fps:g} fps{note}; "
+        f"model: {report.model}; {report.seconds:.1f} s ({report.frames / report.seconds:.1f} frames/s)"
+    )
+    return 0

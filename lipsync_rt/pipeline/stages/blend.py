@@ -1,0 +1,47 @@
+"""Blend: generated 96x96 faces pasted back into their pictures -> finished frames for release.
+
+The paste (feathered lower-face mask with colour matching, or the reference's hard paste) runs in a
+worker thread; each finished frame goes to the release stage, which keeps it until its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..messages import FrameResult, GeneratedFaces
+from ..metrics import SessionMetrics
+from ..queues import Queue, StreamEnd
+
+if TYPE_CHECKING:
+    from lipsync_rt.blend import Blender
+
+    from ..policy import Policy
+    from .release import ReleaseStage
+
+
+class BlendStage:
+    def __init__(self, generated: Queue, blender: "Blender", pool: concurrent.futures.Executor,
+                 release: "ReleaseStage", policy: "Policy", metrics: SessionMetrics) -> None:
+        self._generated, self._blender, self._pool = generated, blender, pool
+        self._release, self._policy, self._metrics = release, policy, metrics
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not isinstance(batch := await self._generated.get(), StreamEnd):
+            started = time.perf_counter()
+            images = await loop.run_in_executor(self._pool, self._paste, batch)
+            self._metrics.record("blend", started)
+            now = time.monotonic()
+            for job, image in zip(batch.jobs, images):
+                self._release.submit(FrameResult(job.index, image, True, job.capture_time, None, job.generation))
+                self._metrics.ready(self._policy.overhead(job.index, now))
+
+    def _paste(self, batch: GeneratedFaces) -> list[np.ndarray]:
+        paste = self._blender.paste
+        return [paste(job.frame.image, face, job.frame.track.box, job.frame.track.landmarks)
+                for job, face in zip(batch.jobs, batch.faces)]

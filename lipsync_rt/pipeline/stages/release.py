@@ -1,0 +1,119 @@
+"""Release: frames and audio leave the session here, in order, on the session's one clock.
+
+Every frame the graph has settled but not yet released waits in this stage, keyed by its index: a
+finished frame, a picture passed through, or the stand-in a job left behind (``PENDING``). Together
+with the timeline's unreleased audio ``[released, end)`` this is everything a session holds that has
+not gone out, which is what a barge-in has to discard; :meth:`ReleaseStage.submit` already lets
+through only the current ``generation``.
+
+When each slot leaves is the policy's (its pacer): live, frame i at T0 + t_i + D and audio sample s
+at T0 + s/16000 + D, with whatever is there at that moment (a stand-in leaves as a drop); offline,
+as soon as frame i is settled, and each audio piece as soon as it is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Callable, Optional
+
+from lipsync_rt.audio import SAMPLE_RATE
+
+from ..clock import MediaClock
+from ..messages import DROPPED, FrameResult, OutputAudio, OutputFrame, SourceFrame
+from ..metrics import SessionMetrics
+from ..queues import Queue
+from ..timeline import Timeline
+
+if TYPE_CHECKING:
+    from ..policy import Policy
+
+
+class ReleaseStage:
+    """``submit`` settles a frame; ``run`` releases video into ``video_out`` and audio into ``audio_out``.
+
+    ``stand_in(i)`` is what frame i shows when nothing for it has reached this stage by its release
+    time (the avatar picture; None in camera mode: the slot is skipped).
+    """
+
+    def __init__(self, policy: "Policy", clock: MediaClock, timeline: Timeline, video_out: Queue,
+                 audio_out: Queue, stand_in: Callable[[int], Optional[SourceFrame]], metrics: SessionMetrics) -> None:
+        self.generation = 0
+        self.next_index = 0                 # frames before this one have left
+        self.frames: Optional[int] = None   # how many frames the stream has, once its audio ended
+        self._policy, self._clock, self._timeline = policy, clock, timeline
+        self._video_out, self._audio_out = video_out, audio_out
+        self._stand_in = stand_in
+        self._metrics = metrics
+        self._waiting: dict[int, FrameResult] = {}
+        self._changed = asyncio.Event()
+
+    # -- what the other stages call
+
+    def submit(self, result: FrameResult) -> None:
+        """Settle frame ``result.index`` (replacing its stand-in); too late or stale results are ignored."""
+        if result.index < self.next_index or result.generation != self.generation:
+            return
+        self._waiting[result.index] = result
+        self._changed.set()
+
+    def finish(self, frames: int) -> None:
+        """The stream has ``frames`` frames; release ends after the last one."""
+        self.frames = frames
+        self._changed.set()
+
+    def held(self, index: int) -> Optional[FrameResult]:
+        """What frame ``index`` would show if it left now, as settled so far (None: nothing yet)."""
+        return self._waiting.get(index)
+
+    async def settled(self, index: int) -> None:
+        """Until frame ``index`` is final (not a stand-in), or lies past the end of the stream."""
+        while not self._ended_before(index):
+            result = self._waiting.get(index)
+            if result is not None and result.final:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    # -- the stage
+
+    async def run(self) -> None:
+        await asyncio.gather(self._release_video(), self._release_audio())
+
+    async def _release_video(self) -> None:
+        i = 0
+        while True:
+            await self._policy.video_slot(i, self)
+            if self._ended_before(i):
+                break
+            result = self._take(i)
+            if result is not None and result.image is not None:
+                await self._emit(result)
+            i += 1
+        await self._video_out.end()
+
+    def _take(self, index: int) -> Optional[FrameResult]:
+        self.next_index = index + 1
+        result = self._waiting.pop(index, None)
+        if result is None:
+            frame = self._stand_in(index)
+            return None if frame is None else FrameResult.passed_through(frame, DROPPED, self.generation)
+        return result if result.final else dataclasses.replace(result, reason=DROPPED)
+
+    async def _emit(self, result: FrameResult) -> None:
+        self._metrics.released(result, time.monotonic())
+        frame = OutputFrame(result.image, result.index, self._clock.time_base, result.generated, result.capture_time)
+        await self._video_out.put(frame)    # live: never waits (drops the oldest); offline: backpressure
+
+    def _ended_before(self, index: int) -> bool:
+        return self.frames is not None and index >= self.frames
+
+    async def _release_audio(self) -> None:
+        pos = 0
+        while (stop := await self._policy.audio_slot(pos, self._timeline)) > pos:
+            self._audio_out.put_nowait(OutputAudio(self._timeline.read(pos, stop), pos, SAMPLE_RATE))
+            self._metrics.audio_samples_out += stop - pos
+            pos = stop
+            self._timeline.discard_before(pos)
+        await self._audio_out.end()
