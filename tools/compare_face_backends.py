@@ -9,6 +9,10 @@ mediapipe 0.10.21 and this checkout on PYTHONPATH::
 
     PYTHONPATH=. <venv-with-mediapipe>/bin/python tools/compare_face_backends.py --json out.json
 
+With ``--tasks DIR`` it measures the other candidate instead, current mediapipe's Tasks API, on the
+TFLite files of a mediapipe 0.10.21 package directory (run it in a venv with current mediapipe and
+onnxruntime).
+
 Test images: the example portrait and matplotlib's Grace Hopper photo, each as is, mirrored, rotated
 +-20 degrees, and scaled into a 1280x720 frame small (full-range detection) and large; plus a
 grey and a noise frame without a face. Agreement per image: box IoU of the S3FD-like boxes, mean
@@ -94,23 +98,27 @@ def test_images():
     return images
 
 
-def moving_clip(img: np.ndarray, n: int = 40) -> list:
+def moving_clip(img: np.ndarray, n: int = 40, size=(720, 1280), start=(300, 100)) -> list:
+    """``img`` moving 3 px right and 2 px down per frame on a grey canvas of ``size`` (H, W)."""
     frames = []
     for i in range(n):
-        m = np.float32([[1, 0, 300 + 3 * i], [0, 1, 100 + 2 * i]])
-        canvas = np.full((720, 1280, 3), 100, np.uint8)
-        frames.append(cv2.warpAffine(img, m, (1280, 720), dst=canvas, borderMode=cv2.BORDER_TRANSPARENT))
+        m = np.float32([[1, 0, start[0] + 3 * i], [0, 1, start[1] + 2 * i]])
+        canvas = np.full((*size, 3), 100, np.uint8)
+        frames.append(cv2.warpAffine(img, m, size[::-1], dst=canvas, borderMode=cv2.BORDER_TRANSPARENT))
     return frames
 
 
-def median_ms(fn, repeat: int) -> float:
+def timing(fn, repeat: int) -> dict:
+    """Median wall-clock ms and mean process CPU ms per call: CPU above wall means extra threads."""
     fn()
     times = []
+    cpu0 = time.process_time()
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    cpu = (time.process_time() - cpu0) / repeat
+    return {"ms": round(float(np.median(times) * 1e3), 2), "cpu_ms": round(cpu * 1e3, 2)}
 
 
 def mediapipe_face_mesh(old_mod, img: np.ndarray):
@@ -191,19 +199,15 @@ def speeds(old_mod, old_det, new_det, images, repeat: int):
     face = short.detect(portrait, 0.5)[0]
     roi = roi_from_detection(face.box, face.keypoints)
     out = {
-        "short_detection_512": (median_ms(lambda: fd_short.process(rgb), repeat),
-                                median_ms(lambda: short.detect(portrait, 0.5), repeat)),
-        "full_detection_512": (median_ms(lambda: fd_full.process(rgb), repeat),
-                               median_ms(lambda: full.detect(portrait, 0.5), repeat)),
-        "mesh": (median_ms(lambda: fd_mesh.process(crop), repeat),
-                 median_ms(lambda: mesh.run(portrait, roi), repeat)),
-        "detect()_512": (median_ms(lambda: old_det.detect(portrait), repeat),
-                         median_ms(lambda: new_det.detect(portrait), repeat)),
-        "detect()_720p_small_face": (median_ms(lambda: old_det.detect(small), repeat),
-                                     median_ms(lambda: new_det.detect(small), repeat)),
+        "short_detection_512": (lambda: fd_short.process(rgb), lambda: short.detect(portrait, 0.5)),
+        "full_detection_512": (lambda: fd_full.process(rgb), lambda: full.detect(portrait, 0.5)),
+        "mesh": (lambda: fd_mesh.process(crop), lambda: mesh.run(portrait, roi)),
+        "detect()_512": (lambda: old_det.detect(portrait), lambda: new_det.detect(portrait)),
+        "detect()_720p_small_face": (lambda: old_det.detect(small), lambda: new_det.detect(small)),
     }
+    result = {k: {"mediapipe": timing(a, repeat), "onnx": timing(b, repeat)} for k, (a, b) in out.items()}
     fd_full.close()
-    return {k: {"mediapipe_ms": round(a, 2), "onnx_ms": round(b, 2)} for k, (a, b) in out.items()}
+    return result
 
 
 def reference_images(photo: np.ndarray) -> dict:
@@ -244,8 +248,66 @@ def video_mesh_agreement(old_mod, frames) -> dict:
             a, b = old.process(f), new.process(f)
             if a is not None and b is not None:
                 errs.append(float(np.linalg.norm(a - b, axis=1).mean()))
-    return {"frames_both": len(errs), "mean_landmark_px": round(float(np.mean(errs)), 4),
+    if not errs:
+        return {"frames_both": 0}
+    return {"frames": len(frames), "frames_both": len(errs), "mean_landmark_px": round(float(np.mean(errs)), 4),
             "max_landmark_px": round(float(np.max(errs)), 4)}
+
+
+def tasks_api(mp_0_10_21: Path, repeat: int) -> dict:
+    """Current mediapipe's Tasks API on the same TFLite files (the other way to drop mediapipe 0.10.21).
+
+    Runs in an environment with a current mediapipe (>= 0.10.30: Tasks only, no bundled models);
+    ``mp_0_10_21`` is an unpacked mediapipe 0.10.21 package to take the .tflite files from. Reports
+    speed next to the ONNX path in the same process and agreement with tests/fixtures/face_reference.npz
+    (mediapipe 0.10.21's own outputs).
+    """
+    import tempfile
+    import zipfile
+
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    det_file = mp_0_10_21 / "modules/face_detection/face_detection_short_range.tflite"
+    mesh_file = mp_0_10_21 / "modules/face_landmark/face_landmark.tflite"
+    tmp = Path(tempfile.mkdtemp())
+    bundle = tmp / "face_landmarker.task"
+    with zipfile.ZipFile(bundle, "w") as z:  # the Tasks landmarker wants both models in one bundle
+        z.write(det_file, "face_detector.tflite")
+        z.write(mesh_file, "face_landmarks_detector.tflite")
+    detector = vision.FaceDetector.create_from_options(vision.FaceDetectorOptions(
+        base_options=BaseOptions(model_asset_path=str(det_file)), min_detection_confidence=0.5))
+    landmarker = vision.FaceLandmarker.create_from_options(vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(bundle)), num_faces=1))
+    ref = np.load(REPO / "tests" / "fixtures" / "face_reference.npz")
+    rows = []
+    for name, img in reference_images(cv2.imread(str(REPO / "examples" / "face.jpg"))).items():
+        h, w = img.shape[:2]
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        d = detector.detect(image).detections[0]
+        bb = d.bounding_box
+        box = np.array([bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height], np.float32)
+        kps = np.array([(k.x * w, k.y * h) for k in d.keypoints], np.float32)
+        lms = landmarker.detect(image).face_landmarks
+        row = {"image": name, "score_diff": round(abs(d.categories[0].score - float(ref[f"{name}_score"])), 5),
+               "box_max_px": round(float(np.abs(box - ref[f"{name}_box"]).max()), 3),
+               "keypoints_max_px": round(float(np.abs(kps - ref[f"{name}_keypoints"]).max()), 3),
+               "landmark_count": len(lms[0]) if lms else 0}
+        if lms:
+            pts = np.array([(p.x * w, p.y * h) for p in lms[0][:468]], np.float32)
+            row["landmark_mean_px"] = _mean_px(pts, ref[f"{name}_landmarks"])
+        rows.append(row)
+    photo = cv2.imread(str(REPO / "examples" / "face.jpg"))
+    image = mp.Image(image_format=mp.ImageFormat.SRGB, data=cv2.cvtColor(photo, cv2.COLOR_BGR2RGB))
+    short = BlazeFace(SHORT_RANGE, FaceModel("short"))
+    with FaceDetector() as ours:
+        speed = {"short_detection_512": {"tasks": timing(lambda: detector.detect(image), repeat),
+                                         "onnx": timing(lambda: short.detect(photo, 0.5), repeat)},
+                 "detection+mesh_512": {"tasks": timing(lambda: landmarker.detect(image), repeat),
+                                        "onnx": timing(lambda: ours.detect(photo), repeat)}}
+    detector.close()
+    landmarker.close()
+    return {"mediapipe": mp.__version__, "numpy": np.__version__, "agreement": rows, "speed": speed}
 
 
 def main() -> int:
@@ -255,7 +317,17 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--write-reference", metavar="NPZ", help="only write MediaPipe's reference outputs "
                     "for the tests (tests/fixtures/face_reference.npz)")
+    ap.add_argument("--tasks", metavar="MEDIAPIPE_0_10_21_DIR", help="measure current mediapipe's Tasks "
+                    "API instead (run in a venv with mediapipe >= 0.10.30), on the .tflite files of this "
+                    "mediapipe 0.10.21 package directory")
     args = ap.parse_args()
+    if args.tasks:
+        result = tasks_api(Path(args.tasks), args.repeat)
+        text = json.dumps(result, indent=1)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+        return 0
     old_mod, old_tracker = load_old(args.old_rev)
     if args.write_reference:
         write_reference(old_mod, Path(args.write_reference))
@@ -265,7 +337,9 @@ def main() -> int:
         result = {
             "agreement": agreement(old_mod, old_det, new_det, images),
             "tracker": tracker_agreement(old_tracker, old_det, new_det, moving_clip(images["astronaut"])),
-            "video_mesh": video_mesh_agreement(old_mod, moving_clip(images["astronaut"])),
+            # A larger face: whole-frame short-range detection, where video mode starts, must see it.
+            "video_mesh": video_mesh_agreement(old_mod, moving_clip(images["astronaut"], size=(600, 800),
+                                                                    start=(100, 20))),
             "speed": speeds(old_mod, old_det, new_det, images, args.repeat),
         }
     text = json.dumps(result, indent=1)

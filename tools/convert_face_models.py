@@ -5,8 +5,8 @@ Run in an environment that has **mediapipe 0.10.21** installed (the last wheel t
 models), plus ``onnx``, ``onnxruntime`` and a TFLite interpreter for the check (``tflite-runtime``,
 ``ai-edge-litert`` or ``tensorflow``)::
 
-    python -m venv /tmp/convert && /tmp/convert/bin/pip install mediapipe==0.10.21 onnx onnxruntime tflite-runtime
-    /tmp/convert/bin/python tools/convert_face_models.py            # writes lipsync_rt/assets/*.onnx
+    python3 -m venv VENV && VENV/bin/pip install mediapipe==0.10.21 onnx onnxruntime tflite-runtime
+    VENV/bin/python tools/convert_face_models.py            # writes lipsync_rt/assets/*.onnx + face_models.json
 
 It reads these files from the installed package (Apache-2.0, see ``lipsync_rt/assets/NOTICE-face-models``):
 
@@ -231,9 +231,6 @@ class _Emitter:
     def op_max_pool_2d(self, op) -> None:
         self._pool(op, "MaxPool")
 
-    def op_average_pool_2d(self, op) -> None:
-        self._pool(op, "AveragePool")
-
     def op_pad(self, op) -> None:
         p = self.const[op.inputs[1]].astype(np.int64)  # [rank, 2] (before, after) per NHWC dim
         if self._rank(op.inputs[0]) == 4:
@@ -254,19 +251,10 @@ class _Emitter:
     def op_add(self, op) -> None:
         self._binary(op, "Add")
 
-    def op_sub(self, op) -> None:
-        self._binary(op, "Sub")
-
-    def op_mul(self, op) -> None:
-        self._binary(op, "Mul")
-
     def op_relu(self, op) -> None:
         layout = "nchw" if self._rank(op.inputs[0]) == 4 else "native"
         x = self.nchw(op.inputs[0]) if layout == "nchw" else self.native(op.inputs[0])
         self._set(op, self._node("Relu", [x], "relu"), layout)
-
-    def op_logistic(self, op) -> None:
-        self._set(op, self._node("Sigmoid", [self.native(op.inputs[0])], "sigmoid"), "native")
 
     def op_prelu(self, op) -> None:
         # PReLU(x) = Relu(x) + slope * Min(x, 0): the same values, but onnxruntime's own PRelu kernel
