@@ -65,8 +65,8 @@ def check_frame(frame_bgr: np.ndarray) -> np.ndarray:
 class FaceDetector:
     """Most confident face per frame: S3FD-like box, mesh landmarks and detection score.
 
-    Cost on the 2-core build machine (one onnxruntime thread, see ``docs/face-models.md``): short-range
-    detection ~1 ms, full-range ~4 ms (only when short range finds nothing), mesh ~2.5 ms.
+    CPU time on the 2-core build machine (one onnxruntime thread, see ``docs/face-models.md``):
+    short-range detection ~1.7 ms, full-range ~4 ms (only when short range finds nothing), mesh ~3 ms.
     Thread-safe (calls are serialised). Use as a context manager or call :meth:`close`.
     ``quiet`` is accepted for compatibility; onnxruntime prints nothing to silence.
     """

@@ -3,12 +3,12 @@
 Cost per frame on this project's 2-core CPU build machine (one onnxruntime thread; the face moving
 2-3 px/frame, key frame interval 10; ``docs/face-models.md`` has the measurements):
 
-- key frame: BlazeFace short-range detection (~1.5 ms; plus full range, ~3.5 ms, when short range
-  sees nothing, as with a small face in a wide frame) and the face mesh on the detected face (~2.5 ms);
-- tracked frame: the face mesh alone, on the region predicted from the previous landmarks (~2.5 ms,
+- key frame: BlazeFace short-range detection (~1.7 ms; plus full range, ~4 ms, when short range
+  sees nothing, as with a small face in a wide frame) and the face mesh on the detected face (~3 ms);
+- tracked frame: the face mesh alone, on the region predicted from the previous landmarks (~3 ms,
   :class:`~lipsync_rt.face.detector.VideoLandmarker`, seeded with each key frame's landmarks, so it
   follows small faces too). If that loses the face or jumps to another one, short-range detection in
-  a square around the last box and the mesh on what it finds (~4 ms), and only then a full key-frame
+  a square around the last box and the mesh on what it finds (~5 ms), and only then a full key-frame
   detection. After one such miss the video-mode mesh is skipped until the next key frame.
 
 Key frames come every ``keyframe_interval`` frames counted from the last key frame, and whenever the
