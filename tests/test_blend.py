@@ -44,13 +44,12 @@ def face_image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def landmarks(face_image: np.ndarray) -> np.ndarray:
-    mp = pytest.importorskip("mediapipe")
-    h, w = face_image.shape[:2]
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
-        result = mesh.process(cv2.cvtColor(face_image, cv2.COLOR_BGR2RGB))
-    assert result.multi_face_landmarks, "MediaPipe found no face in examples/face.jpg"
-    pts = result.multi_face_landmarks[0].landmark
-    return np.array([[p.x * w, p.y * h] for p in pts[:468]], dtype=np.float32)
+    from lipsync_rt.face import FaceDetector
+
+    with FaceDetector() as detector:
+        found = detector.detect(face_image)
+    assert found is not None and found.landmarks is not None, "no face mesh on examples/face.jpg"
+    return found.landmarks
 
 
 @pytest.fixture(scope="module")
