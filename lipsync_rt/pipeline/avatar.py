@@ -3,7 +3,7 @@
 Preparing is the expensive part of avatar mode (decoding, face analysis, the face encoder) and none
 of it depends on the audio, so it happens once: face analysis goes through ``face.analyse_file``'s
 cache (a second run on the same file skips MediaPipe), and with a SplitEngine the face encoder's
-features of every frame are computed here (``engine.avatar.AvatarFeatures``), so each output frame
+features of every frame are computed here (``engine.features.AvatarFeatures``), so each output frame
 costs only the audio encoder and the decoder.
 
 Output frame i shows avatar frame ``i mod N`` (``loop``, the batch ``infer`` behaviour) or walks the
@@ -72,7 +72,7 @@ class Avatar:
         split = _split_engine(engine)
         if split is None or len(self.crops) == 0:
             return False
-        from lipsync_rt.engine.avatar import AvatarFeatures
+        from lipsync_rt.engine import AvatarFeatures
 
         self.features = AvatarFeatures.compute(split, face_input(self.crops), batch_size=batch_size)
         return True
