@@ -22,7 +22,7 @@ from lipsync_rt.engine import (
 )
 from lipsync_rt.engine.artifact import artifact_path
 from lipsync_rt.engine.onnx_export import FEATURES, convtranspose_as_conv
-from lipsync_rt.engine.quantize import calibration_set
+from lipsync_rt.engine.calibration import calibration_set
 from lipsync_rt.errors import LipSyncError
 from lipsync_rt.models import load_checkpoint
 

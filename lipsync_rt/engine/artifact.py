@@ -264,7 +264,8 @@ def _build_onnx(model, kind: str, scratch: Path, stem: str, calibration: Optiona
     import numpy as np
 
     from .onnx_engine import OnnxEngine
-    from .quantize import batched_feeds, calibration_set, quantize_graph
+    from .calibration import calibration_set
+    from .quantize import batched_feeds, quantize_graph
 
     bar.set_postfix_str("calibration inputs")
     cal = calibration_set(calibration, CALIBRATION_SAMPLES)
