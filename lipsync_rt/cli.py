@@ -14,7 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .commands import ENGINE_CHOICES, ENGINE_HELP
+from .commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
 from .errors import LipSyncError
 
 EXAMPLES = """\
@@ -72,9 +72,10 @@ def _add_infer(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--blend", choices=("feather", "none"), default="feather",
                    help="feather: soft lower-face mask with colour matching (default); none: the reference's "
                    "hard rectangular paste, for comparisons")
-    p.add_argument("--engine", choices=ENGINE_CHOICES, default="torch",
-                   help=f"{ENGINE_HELP} (default: torch, which gives the reference's frames)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE,
+                   help=f"{ENGINE_HELP} (with --blend none and the same face boxes, the whole frames are "
+                   "inference.py's) (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     p.set_defaults(run=_run_infer)
 
 
@@ -102,9 +103,10 @@ def _run_infer(args: argparse.Namespace) -> int:
     )
     report = run_inference(options, progress=not args.quiet)
     note = f", {report.frames_without_face} without a face (passed through)" if report.frames_without_face else ""
+    built = f" (+ {report.build_seconds:.1f} s building the engine once; cached)" if report.build_seconds else ""
     print(
         f"wrote {report.outfile}: {report.frames} frames at {report.fps:g} fps{note}; "
-        f"model: {report.model}; {report.seconds:.1f} s ({report.frames / report.seconds:.1f} frames/s)"
+        f"model: {report.model}; {report.seconds:.1f} s ({report.frames / report.seconds:.1f} frames/s){built}"
     )
     return 0
 

@@ -1,14 +1,42 @@
-"""Inference engines: one protocol, several backends (see design.md, Engines)."""
+"""Inference engines: one protocol, several backends (see design.md, Engines).
 
-from .batcher import BatcherStats, MicroBatcher
-from .features import AvatarFeatures
+Importing this package loads no deep-learning runtime: the protocols, the engine kinds and
+``DEFAULT_ENGINE`` are plain Python, so the command-line parser can name them for free. The backends
+(``TorchEngine``, ``OnnxEngine``, ...) are imported on first use of their name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .factory import DEFAULT_ENGINE, ENGINE_KINDS, create_engine
 from .protocol import Engine, SplitEngine, split_engine
-from .torch_engine import TorchEngine, fold_batchnorm, resolve_device
 
-__all__ = ["AvatarFeatures", "Engine", "SplitEngine", "TorchEngine", "fold_batchnorm", "resolve_device", "split_engine"]
-__all__ += ["BatcherStats", "MicroBatcher"]
-from .artifact import build_engine, load_engine  # noqa: E402
-from .factory import ENGINE_KINDS, create_engine  # noqa: E402
-from .onnx_engine import OnnxEngine  # noqa: E402
+# name -> submodule that defines it, imported when the name is first asked for (PEP 562).
+_LAZY = {
+    "AvatarFeatures": "features",
+    "BatcherStats": "batcher",
+    "MicroBatcher": "batcher",
+    "OnnxEngine": "onnx_engine",
+    "TorchEngine": "torch_engine",
+    "fold_batchnorm": "torch_engine",
+    "resolve_device": "torch_engine",
+    "build_engine": "artifact",
+    "load_engine": "artifact",
+}
 
-__all__ += ["ENGINE_KINDS", "OnnxEngine", "build_engine", "create_engine", "load_engine"]
+__all__ = ["DEFAULT_ENGINE", "ENGINE_KINDS", "Engine", "SplitEngine", "create_engine", "split_engine", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

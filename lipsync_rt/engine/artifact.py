@@ -337,7 +337,7 @@ def _gpu_name() -> Optional[str]:
 def build_engine(
     checkpoint_path: Optional[PathLike],
     kind: str,
-    engine_dir: PathLike = "engines",
+    engine_dir: Optional[PathLike] = None,
     *,
     min_batch: int = 1,
     opt_batch: int = 4,
@@ -349,7 +349,8 @@ def build_engine(
     """Build the ``kind`` engine (onnx, int8, tensorrt) of a checkpoint (None: the bundled model) into
     ``engine_dir``; returns the artifact's path. Nothing is left behind when the build fails or is
     interrupted; an older artifact of the same checkpoint and kind is replaced only by a finished one.
-    ``timing_cache`` is TensorRT's kernel timing file (default: ``tensorrt.timing-cache`` in ``engine_dir``)."""
+    ``timing_cache`` is TensorRT's kernel timing file (default: ``tensorrt.timing-cache`` in ``engine_dir``).
+    ``engine_dir`` None builds into the per-user engine cache (``cache.py``), where ``auto`` finds it."""
     from ..default_model import load_generator
 
     if kind not in BUILD_KINDS:
@@ -360,6 +361,11 @@ def build_engine(
         raise LipSyncError(f"calibration data is only used by the int8 engine, not {kind}")
     if kind == "tensorrt" and _gpu_name() is None:
         raise LipSyncError("the tensorrt engine needs a CUDA GPU, and none is available here")
+    if engine_dir is None:
+        from .cache import build_cached
+
+        return build_cached(checkpoint_path, kind, progress=progress, min_batch=min_batch, opt_batch=opt_batch,
+                            max_batch=max_batch, calibration=calibration)
     checkpoint = resolve_checkpoint(checkpoint_path)
     digest = file_sha256(checkpoint)
     model, _ = load_generator(str(checkpoint))
