@@ -298,6 +298,16 @@ def test_named_kinds_and_build_engine_use_the_same_cache(tmp_path, monkeypatch, 
     assert len(fake_builds) == 2
 
 
+def test_a_cached_int8_engine_loads_without_torch(built):
+    """The int8 job never needs torch, and importing it would cost every ``infer`` run a second."""
+    code = ("import sys; from lipsync_rt.engine import create_engine; "
+            f"e = create_engine(checkpoint_path={str(built.checkpoint)!r}, device='cpu'); "
+            "assert e.name == 'int8' and e.build_seconds == 0.0 and e.mel_offset == -2, e; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    env = {**os.environ, cache.CACHE_ENV: str(built.home)}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, timeout=120)
+
+
 def test_the_parser_does_not_import_torch():
     code = ("import sys; from lipsync_rt.cli import build_parser; build_parser(); "
             "import lipsync_rt.engine as e; assert e.DEFAULT_ENGINE == 'auto'; "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -118,13 +119,23 @@ def metadata_path(artifact: PathLike) -> Path:
     return artifact.with_suffix(".json")
 
 
+def _torch_version() -> str:
+    # Recorded, never checked: read from the installed package, so that loading an int8 engine (whose
+    # whole job runs without torch) does not import torch for one string.
+    if "torch" in sys.modules:
+        return str(sys.modules["torch"].__version__)
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
 def runtime_versions(kind: str) -> dict[str, str]:
     """The versions that must match between build and load for ``kind`` (and what we record besides)."""
     import numpy
     import onnx
-    import torch
 
-    versions = {"lipsync_rt": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+    versions = {"lipsync_rt": __version__, "torch": _torch_version(), "numpy": numpy.__version__,
                 "onnx": onnx.__version__}
     try:
         import onnxruntime

@@ -14,13 +14,16 @@ fp16): on the CPU it gives the reference's frames bit for bit. ``onnx``, ``int8`
 a kind outright; they come from the same cache, or from ``engine_dir`` when one is given.
 
 Nothing here imports torch or onnxruntime at module level, so the command-line parser can import
-``DEFAULT_ENGINE`` and ``ENGINE_KINDS`` for free.
+``DEFAULT_ENGINE`` and ``ENGINE_KINDS`` for free. ``auto`` on a machine without a GPU driver does not
+import torch at all: the whole int8 job runs without it, and importing it would cost a second of every
+``infer`` run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any, Optional, Union
 
@@ -82,17 +85,35 @@ def _tensorrt_importable() -> bool:
     return True
 
 
+def _no_cuda_here() -> bool:
+    """True when torch cannot have a CUDA device, known without importing torch: on macOS, or on Linux
+    without an NVIDIA (or ROCm) driver. Elsewhere, or when torch is loaded anyway, torch is asked."""
+    if "torch" in sys.modules:
+        return False
+    if sys.platform == "darwin":
+        return True
+    if sys.platform.startswith("linux"):
+        return not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd"))
+    return False
+
+
 def _auto(checkpoint_path: Optional[PathLike], checkpoint: PathLike, device: str, engine_dir: Optional[PathLike],
           build: bool, progress: bool) -> tuple[Any, float]:
+    if device == "cpu" or (device in (None, "auto") and _no_cuda_here()):
+        return _auto_on("cpu", checkpoint_path, checkpoint, engine_dir, build, progress)
     from .torch_engine import resolve_device
 
-    resolved = resolve_device(device)
-    if resolved.type == "cuda" and not _tensorrt_importable():
+    return _auto_on(str(resolve_device(device)), checkpoint_path, checkpoint, engine_dir, build, progress)
+
+
+def _auto_on(device: str, checkpoint_path: Optional[PathLike], checkpoint: PathLike, engine_dir: Optional[PathLike],
+             build: bool, progress: bool) -> tuple[Any, float]:
+    if device.startswith("cuda") and not _tensorrt_importable():
         log.info("auto: TensorRT does not import here; using torch in fp16 with CUDA graphs")
-        return _torch_engine(checkpoint_path, str(resolved), exact=False), 0.0
-    kind = "tensorrt" if resolved.type == "cuda" else "int8"
+        return _torch_engine(checkpoint_path, device, exact=False), 0.0
+    kind = "tensorrt" if device.startswith("cuda") else "int8"
     try:
-        return _built_engine(kind, checkpoint, str(resolved) if kind == "tensorrt" else "cpu", engine_dir, build, progress)
+        return _built_engine(kind, checkpoint, device, engine_dir, build, progress)
     except CheckpointError:
         raise  # torch could not load it either: say so once
     except Exception as error:  # noqa: BLE001 - auto means "the fastest that works here"; torch always does
@@ -100,7 +121,7 @@ def _auto(checkpoint_path: Optional[PathLike], checkpoint: PathLike, device: str
         log.debug("auto: the %s engine failed", kind, exc_info=True)
         # build=False asked for a prebuilt engine only: not having one is expected, not worth a warning.
         (log.warning if build else log.info)("auto: no %s engine (%s); using torch", kind, first)
-        return _torch_engine(checkpoint_path, str(resolved), exact=False), 0.0
+        return _torch_engine(checkpoint_path, device, exact=False), 0.0
 
 
 def create_engine(

@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..errors import LipSyncError
-from .onnx_export import FEATURES
+from .protocol import FEATURES
 
 PathLike = Union[str, os.PathLike]
 

@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Optional, Protocol, Sequence, runtime_checkabl
 if TYPE_CHECKING:
     import numpy as np
 
+#: Names of the face encoder's seven skip features (``Wav2Lip.encode_face``, outermost first): the
+#: outputs of the encoder graph and the inputs of the decoder graph.
+FEATURES = tuple(f"f{i}" for i in range(7))
+
 
 @runtime_checkable
 class Engine(Protocol):
