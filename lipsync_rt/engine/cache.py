@@ -51,6 +51,7 @@ from ..errors import LipSyncError
 from .artifact import (
     ENGINE_FORMAT,
     PRECISION,
+    _minor,
     artifact_path,
     build_engine,
     file_sha256,
@@ -88,10 +89,6 @@ def cache_root() -> Path:
         return Path(env).expanduser() / "engines"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "lipsync-rt" / "engines"
-
-
-def _minor(version: str) -> str:
-    return ".".join(version.split("+")[0].split(".")[:2])
 
 
 def _gpu_name(device: Optional[str]) -> Optional[str]:
