@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
 
 if TYPE_CHECKING:
     from lipsync_rt.engine import Engine
@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", help="face video with speech played as the live camera + microphone "
                         "(default: the example face moving in a 320x288 frame, with the example speech)")
     parser.add_argument("--face", help="avatar mode: this avatar with the clip's (or example) speech")
-    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
+                        help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default: %(default)s)")
     parser.add_argument("--overhead_ms", "--overhead-ms", type=float,
@@ -109,7 +110,7 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
     from .loop_lag import LoopLagProbe
 
     loop = asyncio.get_running_loop()
-    engine = await loop.run_in_executor(None, create_engine, args.engine, args.checkpoint_path)
+    engine = await loop.run_in_executor(None, lambda: create_engine(args.engine, args.checkpoint_path, progress=True))
     avatar = await loop.run_in_executor(None, lambda: Avatar.prepare(args.face, engine, fps=args.fps)) \
         if args.face else None
     baseline = _engine_baseline(engine)
