@@ -148,7 +148,7 @@ def _engine(options: InferOptions, progress: bool) -> tuple["Engine", str]:
     engine = create_engine(options.engine, options.checkpoint_path, device=options.device, progress=progress)
     if options.engine == "torch":
         return engine, describe_checkpoint(options.checkpoint_path)
-    return engine, f"{engine.name} engine of {options.checkpoint_path or 'the bundled lite model'}"
+    return engine, f"{engine.name} engine of {describe_checkpoint(options.checkpoint_path)}"
 
 
 async def _play(engine: "Engine", avatar: Avatar, config: SessionConfig, wav: np.ndarray, sink: Mp4Sink,

@@ -130,12 +130,12 @@ def test_engine_torch_gives_the_reference_frames_bit_for_bit(tmp_path, speech, p
     cv2.imwrite(str(face), photo)
     written = []
 
-    class Recording(infer_module.Mp4Writer):
+    class Recording(infer_module.Mp4Sink):
         def write_video(self, frame):
-            written.append(frame.copy())
+            written.append(frame.image.copy())
             super().write_video(frame)
 
-    monkeypatch.setattr(infer_module, "Mp4Writer", Recording)
+    monkeypatch.setattr(infer_module, "Mp4Sink", Recording)
     box = (30, 110, 80, 150)  # top, bottom, left, right: around the face of the 256x256 photo
     report, _ = _run(tmp_path, face, speech, generator_checkpoint, engine="torch", blend="none", box=box,
                      wav2lip_batch_size=8)
