@@ -106,7 +106,7 @@ def test_picture_stage_routes_each_frame_once():
     class Pictures:
         frames = {0: picture(0), 1: picture(1, face=False), 2: picture(2, dropped=True), 3: picture(3), 4: None}
 
-        async def picture(self, index):
+        async def picture(self, index, idle=False):
             return self.frames[index]
 
         def stand_in(self, index):
