@@ -20,10 +20,13 @@ system-deps:
 	fi
 
 # torch==2.13.0 goes in first (a CPU build on this kind of machine); setup.cfg's range then adds nothing.
+# A .venv made before the face models became ONNX files still has mediapipe (and its numpy<2 and
+# protobuf<5 pins): it goes, so the test extra's pipecat-ai and livekit-agents resolve as in a new one.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip uninstall -q -y mediapipe 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 

@@ -16,6 +16,13 @@ Two modes (``--blend``):
     at the box edge. When landmarks are unknown, a feathered ellipse over the lower part of the box
     stands in for the face outline (see :func:`fallback_mask`).
 
+    Detail transfer: the generator works at 96x96, so whatever finer texture the frame has (skin
+    pores, stubble, lip lines) cannot come back from it, and an upscaled 96x96 face looks soft next
+    to the real one. The frame's own detail is the part of the face a 96x96 image cannot hold (the
+    face minus its 96x96 version scaled back up); it is added to the generated face wherever the
+    generator kept the face as it was (its output matches the frame's 96x96 version), and faded out
+    where the mouth really changed (an open mouth, teeth), where the old detail would be wrong.
+
 All work is confined to the box (in fact to the bounding rectangle of the mask's non-zero part), so
 the cost follows the face size, not the frame size; the only whole-frame operation is the copy that
 keeps the caller's frame untouched.
@@ -77,6 +84,9 @@ _MIN_MASK_FRACTION = 0.02
 # upscaled 96x96 image with less fine texture than the frame, so an unlimited std ratio would
 # over-amplify its low-frequency shading.
 _GAIN_LIMITS = (0.67, 1.5)
+# Detail transfer: the frame's detail is kept where the generated face differs from the frame's
+# 96x96 version by less than about this many grey levels (a Gaussian fall-off).
+DETAIL_TOLERANCE = 14.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,6 +335,27 @@ def _match_colour(gen: np.ndarray, orig: np.ndarray, mask: np.ndarray) -> np.nda
     return cv2.LUT(gen, lut)
 
 
+def _transfer_detail(gen: np.ndarray, box_pixels: np.ndarray, size: Tuple[int, int], rect: Tuple[slice, slice],
+                     strength: float) -> np.ndarray:
+    """The generated face plus the frame's detail where the generator kept the face as it was.
+
+    ``box_pixels`` is the frame inside the whole box (its visible part); the frame's 96x96 version is
+    made the way the model's input was (area-averaged down) and scaled back up the way the output is,
+    so on a face the generator reproduced exactly, ``gen + detail`` is the frame itself.
+    """
+    h, w = box_pixels.shape[:2]
+    low = cv2.resize(cv2.resize(box_pixels, (size[1], size[0]), interpolation=cv2.INTER_AREA), (w, h),
+                     interpolation=cv2.INTER_LINEAR)
+    ry, rx = rect
+    orig = box_pixels[ry, rx].astype(np.float32)
+    low = low[ry, rx].astype(np.float32)
+    g = gen.astype(np.float32)
+    change = cv2.GaussianBlur(np.abs(g - low).max(axis=2), (0, 0), 1.5)
+    keep = strength * np.exp(-(change / DETAIL_TOLERANCE) ** 2)
+    out = g + (orig - low) * keep[..., None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 def _nonzero_rect(mask: np.ndarray) -> Optional[Tuple[slice, slice]]:
     ys = np.flatnonzero(mask.any(axis=1))
     if ys.size == 0:
@@ -349,6 +380,8 @@ class Blender:
         expand: how far the landmark outline is pushed out from the mouth centre (relative).
         color_match: match the generated face's per-channel mean/std to the original's in the mask's
             feather band, so a colour cast of the model does not show as a halo.
+        detail: put back the frame's fine detail the 96x96 generator cannot hold, where the generator
+            left the face as it was (see the module doc); 0 turns it off, 1 restores all of it.
         cache_size: number of masks kept (one box-sized float32 array each); 0 disables caching.
     """
 
@@ -359,6 +392,7 @@ class Blender:
         feather: float = DEFAULT_FEATHER,
         expand: float = DEFAULT_EXPAND,
         color_match: bool = True,
+        detail: float = 1.0,
         cache_size: int = 16,
     ) -> None:
         if mode not in BLEND_MODES:
@@ -371,6 +405,9 @@ class Blender:
         self.feather = float(feather)
         self.expand = float(expand)
         self.color_match = bool(color_match)
+        if not 0.0 <= detail <= 1.0:
+            raise ValueError(f"detail must be in [0, 1], got {detail!r}")
+        self.detail = float(detail)
         self.cache_size = max(0, int(cache_size))
         self._cache: "OrderedDict[tuple, Tuple[np.ndarray, Optional[Tuple[slice, slice]]]]" = OrderedDict()
         # paste() may run for several frames of one stream at once in an executor.
@@ -445,6 +482,9 @@ class Blender:
         gen = gen_full[ry, rx]
         if self.color_match:
             gen = _match_colour(gen, orig, m)
+        inside = x1 >= 0 and y1 >= 0 and x2 <= frame.shape[1] and y2 <= frame.shape[0]
+        if self.detail > 0 and inside and not shrink:
+            gen = _transfer_detail(gen, frame[y1:y2, x1:x2], face.shape[:2], (ry, rx), self.detail)
         # (1-m)*orig + m*gen, rounded: exactly orig where m == 0 and exactly gen where m == 1, so
         # pixels outside the mask stay bit-identical.
         out[fy, fx] = cv2.blendLinear(orig, gen, 1.0 - m, m)

@@ -44,13 +44,12 @@ def face_image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def landmarks(face_image: np.ndarray) -> np.ndarray:
-    mp = pytest.importorskip("mediapipe")
-    h, w = face_image.shape[:2]
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
-        result = mesh.process(cv2.cvtColor(face_image, cv2.COLOR_BGR2RGB))
-    assert result.multi_face_landmarks, "MediaPipe found no face in examples/face.jpg"
-    pts = result.multi_face_landmarks[0].landmark
-    return np.array([[p.x * w, p.y * h] for p in pts[:468]], dtype=np.float32)
+    from lipsync_rt.face import FaceDetector
+
+    with FaceDetector() as detector:
+        found = detector.detect(face_image)
+    assert found is not None and found.landmarks is not None, "no face mesh on examples/face.jpg"
+    return found.landmarks
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +178,7 @@ def test_feather_mouth_is_the_generated_face(face_image, landmarks, box):
     core = m == 1.0
     assert core.sum() > 200
 
-    out = Blender(color_match=False).paste(face_image, face, box, landmarks)[y1:y2, x1:x2]
+    out = Blender(color_match=False, detail=0.0).paste(face_image, face, box, landmarks)[y1:y2, x1:x2]
     np.testing.assert_array_equal(out[core], gen[core])
 
     out_cm = Blender().paste(face_image, face, box, landmarks)[y1:y2, x1:x2]
@@ -333,3 +332,37 @@ def test_debug_image(face_image, landmarks, box, tmp_path):
     path = tmp_path / "blend_debug.png"
     assert cv2.imwrite(str(path), sheet)
     assert path.stat().st_size > 1000
+
+
+def _sharpness(image: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
+
+
+def test_detail_transfer_gives_back_the_frame_where_the_face_was_kept(face_image, landmarks, box):
+    """A generator that reproduces the face perfectly at 96x96 (its best) gets the frame's own detail
+    back; with detail off the pasted lower face is as soft as an upscaled 96x96 image."""
+    x1, y1, x2, y2 = box
+    crop = face_image[y1:y2, x1:x2]
+    perfect96 = cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA)
+    lower = (slice(y1 + (y2 - y1) // 2, y2), slice(x1, x2))
+    with_detail = Blender("feather").paste(face_image, perfect96, box, landmarks)
+    without = Blender("feather", detail=0.0).paste(face_image, perfect96, box, landmarks)
+    if (x2 - x1) > 96:     # only a box larger than 96 px loses detail in the model
+        assert _sharpness(without[lower]) < 0.9 * _sharpness(face_image[lower])
+    assert _sharpness(with_detail[lower]) > 0.95 * _sharpness(face_image[lower])
+    assert np.abs(with_detail.astype(int) - face_image.astype(int)).max() <= 6
+
+
+def test_detail_is_not_pasted_over_a_changed_mouth(face_image, landmarks, box):
+    x1, y1, x2, y2 = box
+    generated = cv2.resize(face_image[y1:y2, x1:x2], (96, 96), interpolation=cv2.INTER_AREA)
+    generated[62:78, 30:66] = 10                         # a dark open mouth the frame does not have
+    out = Blender("feather", color_match=False).paste(face_image, generated, box, landmarks)
+    sy, sx = (y2 - y1) / 96, (x2 - x1) / 96
+    mouth = out[int(y1 + 65 * sy):int(y1 + 75 * sy), int(x1 + 34 * sx):int(x1 + 62 * sx)]
+    assert mouth.mean() < 25 and mouth.std() < 8         # flat and dark: no old lips drawn into it
+
+
+def test_detail_must_be_a_fraction():
+    with pytest.raises(ValueError, match="detail"):
+        Blender("feather", detail=2.0)

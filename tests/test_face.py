@@ -1,7 +1,8 @@
 """Face package: detection, box convention, tracking, clip analysis and its cache.
 
 Uses the NASA astronaut portrait in examples/face.jpg (512x512, one ~100 px face). One detector is
-shared by the module so MediaPipe graphs are built once.
+shared by the module so the onnxruntime sessions are built once. The models and the MediaPipe graph
+maths are tested in test_face_models.py.
 """
 
 from __future__ import annotations
@@ -75,10 +76,20 @@ def inside(points: np.ndarray, box) -> bool:
 
 # -- box convention (pure) ------------------------------------------------------------------------------
 
-def test_face_oval_matches_mediapipe():
-    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_FACE_OVAL
-
-    assert sorted({i for edge in FACEMESH_FACE_OVAL for i in edge}) == sorted(FACE_OVAL.tolist())
+def test_face_oval_outlines_the_mesh(face, detector):
+    """FACE_OVAL (MediaPipe's FACEMESH_FACE_OVAL) is the mesh's outer contour: on a frontal face no mesh
+    point lies more than a pixel outside the oval polygon, and the oval spans the whole mesh."""
+    assert len(FACE_OVAL) == 36 and len(set(FACE_OVAL.tolist())) == 36
+    for image in (face, np.ascontiguousarray(face[:, ::-1])):
+        landmarks = detector.detect(image).landmarks
+        oval = landmarks[FACE_OVAL]
+        centre = oval.mean(axis=0)
+        polygon = oval[np.argsort(np.arctan2(*(oval - centre).T[::-1]))].reshape(-1, 1, 2)
+        outside = [cv2.pointPolygonTest(polygon, (float(x), float(y)), True) for x, y in landmarks]
+        assert min(outside) > -1.5
+        assert cv2.contourArea(polygon) > 0.98 * cv2.contourArea(cv2.convexHull(landmarks))
+        assert np.allclose(oval.min(axis=0), landmarks.min(axis=0), atol=1.0)
+        assert np.allclose(oval.max(axis=0), landmarks.max(axis=0), atol=1.0)
 
 
 def test_box_from_landmarks_spans_the_oval_and_clips():
@@ -148,8 +159,9 @@ def test_fixed_box_validation():
             validate_fixed_box(bad, (480, 640))
 
 
-def test_importing_face_does_not_load_mediapipe():
-    code = "import sys, lipsync_rt.face; assert 'mediapipe' not in sys.modules"
+def test_importing_face_loads_no_model_runtime():
+    code = ("import sys, lipsync_rt.face; "
+            "assert 'mediapipe' not in sys.modules and 'onnxruntime' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=FACE_JPG.parents[1])
 
 
@@ -170,11 +182,9 @@ def test_detector_finds_the_astronaut(face, detector):
     assert 0.2 < eye_y < 0.45 and 0.6 < mouth_y < 0.85
 
 
-def test_detector_converts_bgr_and_rejects_other_input(face, detector):
-    from lipsync_rt.face.detector import to_rgb
-
-    rgb = to_rgb(face)
-    assert np.array_equal(rgb[..., 0], face[..., 2]) and np.array_equal(rgb[..., 2], face[..., 0])
+def test_detector_wants_bgr_and_rejects_other_input(face, detector):
+    # The models were trained on RGB: a frame with red and blue swapped scores lower.
+    assert detector.detect(np.ascontiguousarray(face[..., ::-1])).score < detector.detect(face).score
     with pytest.raises(ValueError, match="uint8"):
         detector.detect(face.astype(np.float32))
     with pytest.raises(ValueError, match="uint8"):

@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pads", nargs=4, type=int, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                    help="pixels added to the detected face box; raise BOTTOM to include the chin (default: 0 10 0 0)")
     p.add_argument("--face_det_batch_size", type=int, default=16,
-                   help="accepted for compatibility; MediaPipe detects one frame at a time")
+                   help="accepted for compatibility; faces are detected one frame at a time")
     p.add_argument("--wav2lip_batch_size", type=int, default=128, help="frames per model batch (default: %(default)s)")
     p.add_argument("--resize_factor", type=int, default=1,
                    help="divide the frame size by this first; faster, and often better for 1080p+ input")

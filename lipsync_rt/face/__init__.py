@@ -1,12 +1,14 @@
-"""Face finding for lip-sync: S3FD-like boxes and face-mesh landmarks from MediaPipe.
+"""Face finding for lip-sync: S3FD-like boxes and face-mesh landmarks from MediaPipe's models.
 
 - :mod:`.boxes`: the box convention (mesh landmarks -> S3FD-like box), pads, reference smoothing.
 - :mod:`.detector`: :class:`FaceDetector`, one frame -> most confident face.
 - :mod:`.tracker`: :class:`FaceTracker`, a live stream -> per-frame boxes, detecting on key frames.
 - :mod:`.clip`: :func:`analyse_clip`, a whole clip the reference way -> :class:`ClipFaces`.
 - :mod:`.cache`: :func:`analyse_file`, the same for a file, analysed once and cached.
+- :mod:`.blazeface`, :mod:`.mesh`: MediaPipe's detection and face-mesh graphs reimplemented in numpy
+  around the bundled ONNX models (:mod:`.model_files`, run by onnxruntime).
 
-MediaPipe itself is imported only when a detector is built.
+MediaPipe itself is never imported; onnxruntime only when a detector is built.
 """
 
 from .boxes import (

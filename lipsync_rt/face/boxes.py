@@ -1,9 +1,9 @@
 """Face box conventions shared by inference and the training-data builder.
 
 The public Wav2Lip checkpoints were trained on crops from the S3FD detector (raw box, no padding) and
-run at inference on S3FD boxes plus ``--pads``. We use MediaPipe instead, so the crop a model sees is
-only as good as our imitation of an S3FD box. This module is that imitation, kept free of MediaPipe
-imports so a training script can crop with exactly the same rule without loading any graph.
+run at inference on S3FD boxes plus ``--pads``. We use MediaPipe's face models instead, so the crop a
+model sees is only as good as our imitation of an S3FD box. This module is that imitation, kept free
+of model code so a training script can crop with exactly the same rule without loading any model.
 
 Coordinates are frame pixels; a box is ``(x1, y1, x2, y2)`` and the crop is ``frame[y1:y2, x1:x2]``.
 """
@@ -28,7 +28,7 @@ SMOOTH_WINDOW = 5
 NUM_LANDMARKS = 468
 
 #: Vertices of MediaPipe's FACEMESH_FACE_OVAL contour (a fixed property of the mesh topology; a test
-#: checks it against mediapipe so this module need not import it). 10 is the top of the forehead,
+#: checks that it outlines a detected mesh). 10 is the top of the forehead,
 #: 152 the chin tip, 234/454 the face contour at the ears.
 FACE_OVAL = np.array(
     [10, 21, 54, 58, 67, 93, 103, 109, 127, 132, 136, 148, 149, 150, 152, 162, 172, 176, 234, 251,
@@ -51,7 +51,7 @@ BOX_TOP = 0.05      # move the top down (positive = smaller box)
 BOX_BOTTOM = 0.0    # chin tip is the bottom edge; the reference pads add the chin margin
 BOX_SIDES = 0.0     # oval extremes are already cheek to cheek
 
-# --- Fallback when the mesh fails but MediaPipe face detection found a face: build the same box from
+# --- Fallback when the mesh fails but face detection (BlazeFace) found a face: build the same box from
 # the detector's six keypoints (right eye, left eye, nose tip, mouth centre, right ear tragion, left ear
 # tragion). Both BlazeFace models (short and full range) return the same keypoints while their boxes
 # differ by ~10 %, so keypoints give one convention for both. Fitted on examples/face.jpg at five scales
@@ -77,7 +77,7 @@ def box_from_landmarks(landmarks: np.ndarray, frame_shape: Optional[Sequence[int
 
 
 def box_from_keypoints(keypoints: np.ndarray, frame_shape: Optional[Sequence[int]] = None) -> Box:
-    """The same convention from MediaPipe face detection's 6 keypoints (pixels), for mesh failures."""
+    """The same convention from BlazeFace face detection's 6 keypoints (pixels), for mesh failures."""
     kp = np.asarray(keypoints, dtype=np.float64)
     if kp.shape != (6, 2):
         raise ValueError(f"expected 6 keypoints of shape (6, 2), got {kp.shape}")

@@ -2,7 +2,8 @@
 
 The key is the SHA-256 of the file's bytes (a renamed or touched file still hits, an edited one
 misses) plus everything that changes the result: pads, smoothing, ``--box``, static, key-frame
-interval, detector settings, the box convention constants and the MediaPipe version. Entries live in
+interval, detector settings, the box convention constants and a digest of the bundled face models.
+Entries live in
 ``$LIPSYNC_RT_CACHE`` or ``~/.cache/lipsync-rt/faces`` as ``<key>.npz``; a damaged entry is
 recomputed, never trusted.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -24,11 +24,13 @@ from . import boxes as _boxes
 from .boxes import DEFAULT_PADS
 from .clip import ClipFaces, analyse_clip
 from .detector import DetectorModel
+from .model_files import models_fingerprint
 from .tracker import KEYFRAME_INTERVAL
 
 CACHE_ENV = "LIPSYNC_RT_CACHE"
 #: Bump when anything that changes results changes in a way the key below does not capture.
-CACHE_VERSION = 1
+#: 2: MediaPipe replaced by the ONNX models and our own pre/post-processing.
+CACHE_VERSION = 2
 
 Frames = Union[Iterable[np.ndarray], Callable[[], Iterable[np.ndarray]]]
 
@@ -55,14 +57,10 @@ def file_digest(path: Union[str, os.PathLike]) -> str:
 
 def cache_key(digest: str, params: dict) -> str:
     """Key for one file content + analysis parameters (stable across runs and machines)."""
-    try:
-        mp_version = metadata.version("mediapipe")
-    except metadata.PackageNotFoundError:
-        mp_version = "none"
     convention = {name: getattr(_boxes, name) for name in ("BOX_TOP", "BOX_BOTTOM", "BOX_SIDES",
                                                            "KP_TOP", "KP_BOTTOM")}
     blob = json.dumps({"file": digest, "params": params, "version": CACHE_VERSION,
-                       "convention": convention, "mediapipe": mp_version}, sort_keys=True)
+                       "convention": convention, "face_models": models_fingerprint()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -85,7 +83,7 @@ def analyse_file(
 
     ``frames`` are the file's decoded BGR frames when the caller has them already (or a callable
     returning them, called only on a cache miss); by default the file is decoded with PyAV. The
-    file itself is only hashed on a hit, never decoded, and MediaPipe is never loaded.
+    file itself is only hashed on a hit, never decoded, and no face model is loaded.
     """
     if box is not None and all(int(v) == -1 for v in box):
         box = None

@@ -188,7 +188,7 @@ def analyse_clip(
     boxes, raw, landmarks, has_face, scores, keys, size = result
     if box is None and not has_face.any():
         raise NoFaceError(
-            f"no face found in {name}: MediaPipe saw no face in any of its {len(has_face)} analysed "
+            f"no face found in {name}: the face detector saw no face in any of its {len(has_face)} analysed "
             f"frame(s); use a clip with a clearly visible face or give --box"
         )
     if smooth and box is None:

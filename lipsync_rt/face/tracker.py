@@ -1,23 +1,15 @@
 """Per-frame face boxes for a stream: detect on key frames, track cheaply in between.
 
-Cost per frame, measured on this project's 2-core CPU build machine (median of 100 frames, face
-moving 2 px/frame, interval 10):
+Cost per frame on this project's 2-core CPU build machine (one onnxruntime thread; the face moving
+2-3 px/frame, key frame interval 10; ``docs/face-models.md`` has the measurements):
 
-====================  =========  =============  ============
-frame, face size      key frame  tracked frame  mean / frame
-====================  =========  =============  ============
-512x512, 100 px       8-9 ms     3.6-4.5 ms     4.2-4.9 ms
-1280x720, 100 px      15-16 ms   5.5-6.4 ms     6.8-7.5 ms
-1280x720, 200 px      7-8 ms     3.5-4.1 ms     4.0-4.5 ms
-====================  =========  =============  ============
-
-- key frame: MediaPipe face detection (short range ~2 ms, plus full range ~5 ms when short range sees
-  nothing, as with a small face in a wide frame) and the face mesh on a crop around the face (~5 ms);
-- tracked frame: the face mesh in video mode on the whole frame, which derives its region of interest
-  from the previous landmarks and skips detection (~3.5 ms). If that loses the face or jumps to another
-  one, the static mesh is tried on a crop around the last box (~5 ms; it re-acquires small faces that
-  the video-mode mesh's short-range detector misses), and only then a full key-frame detection. After
-  one such miss the video-mode mesh is skipped until the next key frame.
+- key frame: BlazeFace short-range detection (~1.7 ms; plus full range, ~4 ms, when short range
+  sees nothing, as with a small face in a wide frame) and the face mesh on the detected face (~3 ms);
+- tracked frame: the face mesh alone, on the region predicted from the previous landmarks (~3 ms,
+  :class:`~lipsync_rt.face.detector.VideoLandmarker`, seeded with each key frame's landmarks, so it
+  follows small faces too). If that loses the face or jumps to another one, short-range detection in
+  a square around the last box and the mesh on what it finds (~5 ms), and only then a full key-frame
+  detection. After one such miss the video-mode mesh is skipped until the next key frame.
 
 Key frames come every ``keyframe_interval`` frames counted from the last key frame, and whenever the
 face was lost, so a re-detection restarts the interval. Boxes are always derived from the mesh with
@@ -132,6 +124,8 @@ class FaceTracker:
             raw, landmarks, self._score = found.box, found.landmarks, found.score
             self._last_key = index
             self._video_ok = True
+            if self._video is not None and landmarks is not None:
+                self._video.seed(landmarks, frame.shape)
             self.keyframes += 1
             if self._prev_raw is not None and box_iou(raw, self._prev_raw) < LOST_IOU:
                 self._smoothed = None  # a different face or a jump: don't drag the old box along
@@ -149,8 +143,8 @@ class FaceTracker:
             raw = None if landmarks is None else box_from_landmarks(landmarks, frame.shape)
             if raw is not None and box_iou(raw, prev) >= LOST_IOU:
                 return raw, landmarks
-            # Typically a face too small for the video mesh's short-range detector: stop paying for
-            # it until the next key frame gives it another chance.
+            # The mesh lost the face (presence below 0.5) or slid onto another one: don't pay for it
+            # again until the next key frame re-seeds it.
             self._video_ok = False
         landmarks = self._detector.landmarks_in(frame, prev)
         if landmarks is not None:
@@ -168,7 +162,7 @@ class FaceTracker:
         return x1, y1, x2, y2
 
     def close(self) -> None:
-        """Release the MediaPipe graphs this tracker built (a detector passed in stays open)."""
+        """Release the onnxruntime sessions this tracker built (a detector passed in stays open)."""
         if self._video is not None:
             self._video.close()
             self._video = None

@@ -2,7 +2,7 @@
 
 Preparing is the expensive part of avatar mode (decoding, face analysis, the face encoder) and none
 of it depends on the audio, so it happens once: face analysis goes through ``face.analyse_file``'s
-cache (a second run on the same file skips MediaPipe), and with a SplitEngine the face encoder's
+cache (a second run on the same file skips face detection), and with a SplitEngine the face encoder's
 features of every frame are computed here (``engine.avatar.AvatarFeatures``), so each output frame
 costs only the audio encoder and the decoder.
 
