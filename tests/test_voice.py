@@ -376,4 +376,8 @@ def test_close_after_interrupts_leaves_no_tasks_or_threads(engine, photo_avatar,
         return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
     assert asyncio.run(main()) == []
+    # the engine's thread may still be finishing the batch it was running when the session closed
+    # (the batcher shuts its pool down without waiting): it ends, it does not linger
+    for thread in [t for t in threading.enumerate() if t.name.startswith(("lipsync-", "batcher"))]:
+        thread.join(timeout=5)
     assert not [t for t in threading.enumerate() if t.name.startswith(("lipsync-", "batcher"))]

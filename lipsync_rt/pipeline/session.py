@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable, Hashable, Optional, P
 
 import numpy as np
 
+from lipsync_rt.audio import SAMPLE_RATE
 from lipsync_rt.errors import LipSyncError
 
 from .avatar import Avatar
@@ -175,14 +176,14 @@ class LipSyncSession:
             run = self._release_then_end(stage) if name == "release" else stage.run()
             self._tasks.append(self._loop.create_task(self._guard(run), name=f"lipsync-{name}"))
 
-    def push_audio(self, pcm: np.ndarray, sample_rate: int, segment: Optional[SegmentId] = None) -> None:
+    def push_audio(self, pcm: np.ndarray, sample_rate: int, segment: Optional[SegmentId] = None) -> bool:
         """Queue speech (any rate; mono or (n, channels); int16 or float). Never blocks; callable from
         any thread once started.
 
         ``segment``: the reply this audio belongs to (any hashable id; see ``end_of_segment``). A new id
         ends the segment that was open; audio without one belongs to no segment (and also ends the open
         one). Audio for a segment that has ended raises; audio for one cut by ``interrupt()`` is dropped
-        (a TTS may still be sending the reply it was told to stop).
+        (a TTS may still be sending the reply it was told to stop): then this returns False.
         """
         self._check_open()
         if self._audio_in.ended:
@@ -192,9 +193,10 @@ class LipSyncSession:
             raise LipSyncError(f"sample_rate must be a positive integer, got {sample_rate}")
         generation = self._generation.current
         if not self._segments.accept(segment):
-            return
+            return False
         self._audio_in.put(AudioPush(samples.copy() if samples is pcm else samples, int(sample_rate),
                                      time.monotonic(), segment, generation))
+        return True
 
     def end_of_segment(self, segment: Optional[SegmentId] = None) -> None:
         """The reply ``segment`` (None: the open one) has no more audio: ``PlaybackFinished`` follows when
@@ -226,6 +228,37 @@ class LipSyncSession:
             self._cut()
         else:
             loop.call_soon_threadsafe(self._cut)
+
+    async def media(self) -> AsyncIterator[Union[OutputFrame, OutputAudio]]:
+        """Video frames and audio chunks in one stream, in media-time order (a frame before the audio at
+        its time): for a transport fed by one producer, which plays frame i with the audio that starts
+        at t_i. Both leave on one clock, so neither waits for the other for long. Use instead of
+        ``video()`` and ``audio()``, not with them."""
+        queues: list[asyncio.Queue] = [asyncio.Queue(), asyncio.Queue()]
+
+        async def read(iterator: AsyncIterator, queue: asyncio.Queue) -> None:
+            try:
+                async for item in iterator:
+                    queue.put_nowait(item)
+            finally:
+                queue.put_nowait(None)
+
+        readers = [asyncio.ensure_future(read(it, q)) for it, q in zip((self.video(), self.audio()), queues)]
+        try:
+            frame, chunk = await queues[0].get(), await queues[1].get()
+            while frame is not None or chunk is not None:
+                if chunk is None or (frame is not None and frame.time * SAMPLE_RATE <= chunk.pts):
+                    yield frame
+                    frame = await queues[0].get()
+                else:
+                    yield chunk
+                    chunk = await queues[1].get()
+            for reader in readers:
+                reader.result()                          # a stage's error reaches the consumer
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
 
     async def events(self) -> AsyncIterator[SegmentEvent]:
         """The segment events as they happen, until the session ends (one consumer; if nobody reads,
