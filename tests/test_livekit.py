@@ -223,3 +223,37 @@ def test_generator_refuses_misuse(avatar, engine):
     options = asyncio.run(main())
     assert (options.video_width, options.video_height) == avatar.frames[0].shape[1::-1]
     assert options.video_fps == 25 and options.audio_sample_rate == 24000 and options.audio_channels == 1
+
+
+def test_the_example_worker_dispatches_avatars_with_tokens_that_publish_for_the_agent(monkeypatch):
+    """examples/livekit_avatar.py without a server: its tokens, and its dispatcher starting a worker."""
+    import importlib.util
+
+    from aiohttp.test_utils import TestClient, TestServer
+    from livekit import api
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("livekit_avatar", ROOT / "examples" / "livekit_avatar.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    claims = api.TokenVerifier("devkey", "secret").verify(
+        example.token(example.AVATAR_IDENTITY, "demo", on_behalf_of=example.AGENT_IDENTITY))
+    assert claims.identity == example.AVATAR_IDENTITY and claims.video.room == "demo"
+    assert claims.attributes == {"lk.publish_on_behalf": example.AGENT_IDENTITY}
+    launched = []
+
+    async def worker(url, room_token, avatar, engine, sender):
+        launched.append((url, room_token, sender))
+
+    monkeypatch.setattr(example, "avatar_worker", worker)
+
+    async def main():
+        async with TestClient(TestServer(example.dispatcher(avatar=None, engine=None))) as client:
+            response = await client.post("/launch", json={"url": "ws://x", "token": "t", "sender": "agent"})
+            await asyncio.sleep(0)
+            return response.status, await response.json()
+
+    status, body = asyncio.run(main())
+    assert status == 200 and body == {"launched": example.AVATAR_IDENTITY}
+    assert launched == [("ws://x", "t", "agent")]
