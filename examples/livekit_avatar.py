@@ -5,8 +5,8 @@
     python examples/livekit_avatar.py dispatcher           # avatar workers on demand, port 8089
     python examples/livekit_avatar.py agent --room demo    # joins 'demo', calls the dispatcher, speaks
 
-Then join room 'demo' with any LiveKit client (e.g. the server's test page, or meet.livekit.io pointed at
-ws://localhost:7880 with a token from ``lk token create``) and watch the avatar speak and idle.
+Then join room 'demo' with any LiveKit client (a token from ``lk token create``) and watch the avatar
+speak and idle.
 
 How the parts talk, as LiveKit's own avatar plugins do:
 

@@ -290,15 +290,18 @@ def test_interrupt_from_another_thread_and_before_start(engine, photo_avatar, wa
         readers = _timed(session, seen)
         session.push_audio(wav, SAMPLE_RATE, segment="a")
         await asyncio.sleep(0.7)
+        playing = session.playing
         called = time.monotonic()
         await asyncio.get_running_loop().run_in_executor(None, session.interrupt)
         await asyncio.sleep(0.3)
         session.end_of_input()
         await asyncio.gather(*readers)
+        after = session.playing
         await session.close()
-        return events, seen, called
+        return events, seen, called, (playing, after)
 
-    events, seen, called = asyncio.run(main())
+    events, seen, called, playing = asyncio.run(main())
+    assert playing == ("a", None)
     assert events[0] == PlaybackFinished("early", 0.0, True, 0)
     assert [(type(e), e.segment) for e in events[1:]] == [(PlaybackStarted, "a"), (PlaybackFinished, "a")]
     assert events[2].interrupted

@@ -27,7 +27,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Hashable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Optional, Protocol, Union
 
 import numpy as np
 
