@@ -26,8 +26,13 @@ import logging
 from typing import AsyncIterator, Optional, Union
 
 import cv2
-from livekit import rtc
-from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
+
+try:
+    from livekit import rtc
+    from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
+except ImportError as error:           # pragma: no cover - depends on what is installed
+    raise ImportError(f"lipsync_rt.integrations.livekit needs livekit-agents: pip install 'lipsync-rt[livekit]' "
+                      f"({error})") from error
 
 from lipsync_rt.errors import LipSyncError
 from lipsync_rt.pipeline import Avatar, LipSyncSession, OutputAudio, OutputFrame, PlaybackFinished, SessionConfig

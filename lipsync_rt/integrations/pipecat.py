@@ -34,10 +34,15 @@ import logging
 from typing import Optional
 
 import cv2
-from pipecat.frames.frames import (CancelFrame, EndFrame, Frame, InterruptionFrame, OutputImageRawFrame,
-                                   StartFrame, TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame,
-                                   UserStartedSpeakingFrame)
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
+
+try:
+    from pipecat.frames.frames import (CancelFrame, EndFrame, Frame, InterruptionFrame, OutputImageRawFrame,
+                                       StartFrame, TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame,
+                                       UserStartedSpeakingFrame)
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
+except ImportError as error:           # pragma: no cover - depends on what is installed
+    raise ImportError(f"lipsync_rt.integrations.pipecat needs pipecat-ai 1.x: pip install 'lipsync-rt[pipecat]' "
+                      f"({error})") from error
 
 from lipsync_rt.errors import LipSyncError
 from lipsync_rt.pipeline import (Avatar, LipSyncSession, OutputAudio, OutputFrame, PlaybackFinished,

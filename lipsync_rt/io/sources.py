@@ -81,7 +81,10 @@ class FileSource:
                 await sleep_until(self.started + (pos + piece.size) / SAMPLE_RATE)
             else:
                 await asyncio.sleep(0)
-            session.push_audio(piece, SAMPLE_RATE, segment=self.segment)
+            if self.segment is None:
+                session.push_audio(piece, SAMPLE_RATE)
+            else:
+                session.push_audio(piece, SAMPLE_RATE, segment=self.segment)
             self.samples_pushed += piece.size
 
     async def _push_video(self, session: "LipSyncSession") -> None:
