@@ -41,6 +41,15 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Engines that ``auto`` builds (and face caches) go to a folder of this test run, never the user's
+    ``~/.cache``; set in ``os.environ`` so that subprocesses use it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIPSYNC_RT_CACHE", str(tmp_path_factory.mktemp("lipsync-rt-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")

@@ -7,7 +7,7 @@ import pytest
 
 from lipsync_rt.audio import load_audio, mel_chunks, melspectrogram
 from lipsync_rt.engine import AvatarFeatures, SplitEngine, TorchEngine
-from lipsync_rt.engine.avatar import feature_bytes_per_frame, feature_shapes
+from lipsync_rt.engine.features import feature_bytes_per_frame, feature_shapes
 from lipsync_rt.errors import LipSyncError
 from lipsync_rt.lipsync import crop_face, face_input, mel_input
 

@@ -48,6 +48,9 @@ class FakeEngine:
     def infer(self, mel, face):
         return self._run(mel[:, 0, 0, 0], face[:, 0, 0, 0])
 
+    def encode_face(self, face):  # a SplitEngine has both halves (engine.split_engine checks for both)
+        return [face[:, :1], face[:, 1:2]]
+
     def infer_encoded(self, mel, features):
         assert len(features) == 2
         return self._run(mel[:, 0, 0, 0], features[1][:, 0, 0, 0] + 1000)

@@ -12,7 +12,7 @@ from torch import nn
 
 from lipsync_rt.bench import engine as bench_engine
 from lipsync_rt.cli import main
-from lipsync_rt.engine.flops import conv_macs, count_macs, generator_cost
+from lipsync_rt.bench.flops import conv_macs, count_macs, generator_cost
 from lipsync_rt.models import Wav2Lip
 from lipsync_rt.models.blocks import ConvBlock, ConvTransposeBlock
 

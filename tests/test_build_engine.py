@@ -168,14 +168,21 @@ def test_help_has_examples():
 
 
 def test_infer_with_the_onnx_engine(tmp_path, speech, generator_checkpoint, cli_built, monkeypatch, capsys):
-    """``infer --engine onnx`` builds the engine into ./engines on first use and writes the video."""
+    """``infer --engine onnx`` builds the engine into the cache on first use (never into the working
+    folder), says how long the build took apart from the job, and writes the video."""
+    from lipsync_rt.engine.cache import CACHE_ENV, cache_root
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     out = tmp_path / "out.mp4"
-    code = main(["infer", "--face", str(EXAMPLE_FACE), "--audio", str(speech), "--outfile", str(out),
-                 "--checkpoint_path", str(generator_checkpoint), "--engine", "onnx", "--quiet"])
-    assert code == 0 and probe(out).has_video
-    assert "onnx engine" in capsys.readouterr().out
-    assert artifact_path(tmp_path / "engines", generator_checkpoint, "onnx").is_file()
+    argv = ["infer", "--face", str(EXAMPLE_FACE), "--audio", str(speech), "--outfile", str(out),
+            "--checkpoint_path", str(generator_checkpoint), "--engine", "onnx", "--quiet"]
+    assert main(argv) == 0 and probe(out).has_video
+    printed = capsys.readouterr().out
+    assert "onnx engine" in printed and "s building the engine once; cached)" in printed
+    assert len(list(cache_root().glob("*.fp32-*/*.fp32.onnx"))) == 1 and not (tmp_path / "engines").exists()
+    assert main(argv) == 0
+    assert "building" not in capsys.readouterr().out  # reused
     with pytest.raises(LipSyncError, match="unknown engine"):
         run_inference(InferOptions(face=str(EXAMPLE_FACE), audio=str(speech), outfile=str(out), engine="fast"),
                       progress=False)
@@ -192,11 +199,11 @@ def test_format_version_is_checked(copy_of, generator_checkpoint):
 
 def test_every_command_offers_every_engine_kind():
     from lipsync_rt.cli import build_parser
-    from lipsync_rt.engine import ENGINE_KINDS
+    from lipsync_rt.engine import DEFAULT_ENGINE, ENGINE_KINDS
 
     commands = build_parser()._subparsers._group_actions[0].choices
     bench = commands["bench"]._subparsers._group_actions[0].choices
     for parser in (commands["infer"], commands["demo"], commands["serve"], bench["pipeline"], bench["webrtc"]):
         engine = next(a for a in parser._actions if a.dest == "engine")
         assert tuple(engine.choices) == ENGINE_KINDS, parser.prog
-    assert next(a for a in commands["infer"]._actions if a.dest == "engine").default == "torch"
+        assert engine.default == DEFAULT_ENGINE == "auto", parser.prog

@@ -295,3 +295,15 @@ def test_preprocess_redoes_a_clip_a_killed_run_left_half_written(lrs2: Path, tmp
     assert not stale.exists()
     assert len(list((out / "5535415699068794046" / "00001").glob("*.jpg"))) == 17
     assert not (out / "6330311066473698535").exists()                  # --limit 1: only the first video
+
+
+def test_lookahead_probe_scores_each_window(corpus: Path, tmp_path: Path):
+    import probe_lookahead
+
+    results = probe_lookahead.main(["--data_root", str(corpus), "--offsets", "0,-8", "--steps", "3",
+                                    "--out", str(tmp_path / "l.json"), "--plot", str(tmp_path / "l.png")])
+    assert [r["mel_offset"] for r in results] == [0, -8]
+    assert [r["lookahead_ms"] for r in results] == [212.5, 112.5]
+    assert all(np.isfinite(r["r2"]) and r["test_frames"] > 0 for r in results)
+    assert json.loads((tmp_path / "l.json").read_text())["results"] == results
+    assert (tmp_path / "l.png").stat().st_size > 1000

@@ -22,7 +22,7 @@ from lipsync_rt.engine import (
 )
 from lipsync_rt.engine.artifact import artifact_path
 from lipsync_rt.engine.onnx_export import FEATURES, convtranspose_as_conv
-from lipsync_rt.engine.quantize import calibration_set
+from lipsync_rt.engine.calibration import calibration_set
 from lipsync_rt.errors import LipSyncError
 from lipsync_rt.models import load_checkpoint
 
@@ -160,13 +160,16 @@ def test_calibration_from_a_corpus_directory(tmp_path, photo):
 
 def test_create_engine_kinds(built, engine_dir, tmp_path):
     assert ENGINE_KINDS == ("auto", "torch", "onnx", "int8", "tensorrt")
-    assert isinstance(create_engine("torch", device="cpu"), TorchEngine)
+    torch_engine = create_engine("torch", device="cpu")
+    assert isinstance(torch_engine, TorchEngine) and torch_engine.exact  # the reference network, untouched
     int8 = create_engine("int8", engine_dir=engine_dir, build=False)
-    assert isinstance(int8, OnnxEngine) and int8.name == "int8"
-    # auto takes a prebuilt int8 engine on the CPU, and torch where there is none (it never builds)
+    assert isinstance(int8, OnnxEngine) and int8.name == "int8" and int8.build_seconds == 0.0
+    # auto takes the int8 engine on the CPU: from an explicit folder here (the cache: test_engine_cache.py)
     assert create_engine("auto", device="cpu", engine_dir=engine_dir).name == "int8"
     empty = tmp_path / "none"
-    assert isinstance(create_engine("auto", device="cpu", engine_dir=empty), TorchEngine)
+    # build=False: only an engine that is there already, else torch (optimised: BatchNorm folded)
+    fallback = create_engine("auto", device="cpu", engine_dir=empty, build=False)
+    assert isinstance(fallback, TorchEngine) and not fallback.exact
     assert not empty.exists() or not any(empty.iterdir())
     with pytest.raises(LipSyncError, match="no onnx engine"):
         create_engine("onnx", engine_dir=empty, build=False)

@@ -117,6 +117,37 @@ def test_hard_paste_with_fixed_box_equals_the_reference(speech, photo):
         assert np.abs(a.astype(int) - b).max() <= 1
 
 
+def test_engine_torch_gives_the_reference_frames_bit_for_bit(tmp_path, speech, photo, generator_checkpoint,
+                                                            monkeypatch):
+    """The whole ``infer --engine torch --blend none`` job with a fixed box: every frame it encodes is the
+    reference's, bit for bit. (The default engine, auto, is int8 on the CPU: faithful, not bit-exact.)"""
+    import lipsync_rt.infer as infer_module
+    from lipsync_rt.engine import DEFAULT_ENGINE
+    from lipsync_rt.models import load_checkpoint
+
+    assert InferOptions(face="f", audio="a").engine == DEFAULT_ENGINE == "auto"
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), photo)
+    written = []
+
+    class Recording(infer_module.Mp4Sink):
+        def write_video(self, frame):
+            written.append(frame.image.copy())
+            super().write_video(frame)
+
+    monkeypatch.setattr(infer_module, "Mp4Sink", Recording)
+    box = (30, 110, 80, 150)  # top, bottom, left, right: around the face of the 256x256 photo
+    report, _ = _run(tmp_path, face, speech, generator_checkpoint, engine="torch", blend="none", box=box,
+                     wav2lip_batch_size=8)
+    assert report.model == str(generator_checkpoint) and report.build_seconds == 0.0
+    faces = analyse_clip([photo], box=box, static=True)
+    chunks = mel_chunks(melspectrogram(load_audio(speech)), 25.0)
+    expected = _reference([photo], faces.boxes, chunks, load_checkpoint(generator_checkpoint).eval(), batch_size=8)
+    assert len(written) == len(expected) == report.frames
+    for got, want in zip(written, expected):
+        assert np.array_equal(got, want)
+
+
 def test_feather_blend_changes_only_the_lower_face(speech, photo):
     frames = face_frames(photo, 4, blank=())
     chunks = mel_chunks(melspectrogram(load_audio(speech)), 25.0)[:4]

@@ -298,3 +298,19 @@ def test_streaming_windows_equal_offline_with_mel_offset(offset):
         assert [i for i, _ in out] == list(range(len(out)))
         expected = mel_chunks(melspectrogram(wav), fps, mel_offset=offset)
         np.testing.assert_allclose(np.stack([w for _, w in out]), expected, atol=1e-4)
+
+
+def test_offline_session_with_an_earlier_window_equals_the_batch_path(avatar, wav):
+    """A model trained with mel_offset -8 reads centred windows: the session feeds it exactly the
+    batch path's windows for that offset, and its look-ahead is 112.5 ms instead of 212.5 ms."""
+    model = seeded_generator(seed=6)
+    model.mel_offset = -8
+    engine = TorchEngine(model)
+    frames, _, session = asyncio.run(offline(engine, avatar, wav))
+    chunks = mel_chunks(melspectrogram(wav), 25, mel_offset=-8)
+    assert len(chunks) > len(mel_chunks(melspectrogram(wav), 25))        # a window that ends earlier fits more often
+    expected = list(lipsync_frames(avatar.frames, avatar.faces, chunks, engine, Blender("feather"), 4))
+    assert [f.pts for f in frames] == list(range(len(expected)))
+    for frame, reference in zip(frames, expected):
+        np.testing.assert_array_equal(frame.image, reference)
+    assert session.lookahead == pytest.approx(0.1125) and session.stats().lookahead == pytest.approx(0.1125)

@@ -367,3 +367,22 @@ def test_standalone_eval_reports_expert_and_offsync_metrics(corpus_root, expert_
                           "--samples", "8", "--offsync_windows", "4", "--num_workers", "0", "--device", "cpu"])
     assert {"expert_loss", "expert_acc", "offsync_acc", "offsync_acc1"} <= set(out) and out["offsync_n"] == 4
     assert json.loads(capsys.readouterr().out)["expert_loss"] == out["expert_loss"]
+
+
+def test_eval_look_scores_a_perfect_copy_as_perfect_and_a_blur_as_blurred(tmp_path):
+    from lipsync_rt.media import Mp4Writer
+    from train import eval_look
+
+    photo = cv2.imread(str(ROOT / "examples" / "face.jpg"))
+    rng = np.random.default_rng(0)
+    wav = np.concatenate([np.zeros(8000), 0.3 * rng.standard_normal(8000)]).astype(np.float32)
+    write_wav(tmp_path / "speech.wav", wav)
+    blurred = cv2.GaussianBlur(photo, (0, 0), 3)
+    for name, frame in (("same", photo), ("blur", blurred)):
+        with Mp4Writer(tmp_path / f"{name}.mp4", 25, audio=False, crf=0) as w:
+            for _ in range(25):
+                w.write_video(frame)
+    same = eval_look.evaluate(str(tmp_path / "same.mp4"), str(ROOT / "examples" / "face.jpg"), str(tmp_path / "speech.wav"))
+    blur = eval_look.evaluate(str(tmp_path / "blur.mp4"), str(ROOT / "examples" / "face.jpg"), str(tmp_path / "speech.wav"))
+    assert same["pause_frames"] == 12 and same["ssim_pause"] > 0.95 and same["colour_shift"] < 1.0
+    assert 0.8 < same["sharpness"] < 1.2 and blur["sharpness"] < 0.3 and blur["ssim_pause"] < same["ssim_pause"]

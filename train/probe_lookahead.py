@@ -37,7 +37,7 @@ from lipsync_rt.audio import SAMPLE_RATE, lookahead_samples
 from lipsync_rt.models.wav2lip import _audio_encoder
 from train.dataset import Corpus, frame_mel_windows
 
-OFFSETS = (0, -2, -4, -6, -8, -10, -11, -12, -13, -14, -15)
+OFFSETS = (0, -4, -6, -8, -10, -12, -13, -14, -15)
 
 
 def _windows(corpus: Corpus, root: Path, offset: int, limit: int, rng: np.random.Generator):
@@ -48,7 +48,7 @@ def _windows(corpus: Corpus, root: Path, offset: int, limit: int, rng: np.random
         opening = np.asarray(meta["opening"], np.float32)
         mel = corpus.mel(index)
         for k in clip.frames.tolist():
-            w = frame_mel_windows(mel, k, offset)
+            w = frame_mel_windows(mel, k, offset)     # frames k..k+4; the first is frame k's
             if w is not None and k < len(opening):
                 mels.append(w[0])
                 targets.append(opening[k])
@@ -110,9 +110,12 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     p.add_argument("--width", type=float, default=0.25, help="audio encoder width (default: %(default)s)")
     p.add_argument("--steps", type=int, default=600, help="training steps per offset (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; 1 is fastest for this small network on a busy machine (default: %(default)s)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     p.add_argument("--plot", default="", help="write R^2 against L as a PNG here")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     results = []
     for offset in (int(v) for v in args.offsets.split(",")):
         started = time.perf_counter()

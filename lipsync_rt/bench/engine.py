@@ -330,9 +330,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..default_model import load_generator
-    from ..engine import resolve_device
-    from ..engine.avatar import feature_bytes_per_frame
-    from ..engine.flops import generator_cost
+    from ..engine import resolve_device, split_engine
+    from ..errors import LipSyncError
+    from ..engine.features import feature_bytes_per_frame
+    from .flops import generator_cost
     from .common import machine
 
     device = resolve_device(args.device)
@@ -394,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 bar.set_description(f"building {backend}")
                 ready[backend] = engines.get(subject, kind)
+                if backend.startswith("avatar-") and split_engine(ready[backend]) is None:
+                    raise LipSyncError(f"the {kind} engine cannot run its face encoder alone (not a SplitEngine)")
                 bar.update()
                 for s in subjects:
                     bar.set_description(f"fidelity {backend}")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
 
 if TYPE_CHECKING:
     from lipsync_rt.engine import Engine
@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "barge-in, idling; reports barge-in latency, segment events and clip transitions")
     parser.add_argument("--idle", help="with --interrupt and --face: the avatar's idle clip (default: with "
                         "no --face, a generated speaking and idle clip of the example face)")
-    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
+                        help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default: %(default)s)")
     parser.add_argument("--overhead_ms", "--overhead-ms", type=float,
@@ -132,7 +133,7 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
     from .loop_lag import LoopLagProbe
 
     loop = asyncio.get_running_loop()
-    engine = await loop.run_in_executor(None, create_engine, args.engine, args.checkpoint_path)
+    engine = await loop.run_in_executor(None, lambda: create_engine(args.engine, args.checkpoint_path, progress=True))
     avatar = await loop.run_in_executor(None, lambda: Avatar.prepare(args.face, engine, fps=args.fps)) \
         if args.face else None
     baseline = _engine_baseline(engine)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processing budget D - L of every session (default: "
                         "measured as each session starts)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
-    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
+                        help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--max-batch", type=int, default=32, help="most frames per shared engine call "
                         "(default: %(default)s)")
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if not EXAMPLE_FACE.is_file():
         raise LipSyncError(f"the benchmark needs the example face ({EXAMPLE_FACE})")
     speech_path = EXAMPLE_FACE.with_name("speech.wav")
-    engine = create_engine(args.engine, args.checkpoint_path, device=args.device)
+    engine = create_engine(args.engine, args.checkpoint_path, device=args.device, progress=True)
     avatar = Avatar.prepare(EXAMPLE_FACE, engine, fps=args.fps)
     photo = cv2.resize(cv2.imread(str(EXAMPLE_FACE)), (256, 256), interpolation=cv2.INTER_AREA)
     frame = cv2.copyMakeBorder(photo, 16, 16, 32, 32, cv2.BORDER_CONSTANT, value=(40, 40, 40))

@@ -6,18 +6,21 @@ import argparse
 
 DESCRIPTION = """\
 Build an inference engine from a generator checkpoint and write it, with a metadata file (checkpoint
-hash, precision, shapes, batch range, library versions), into the engine directory.
+hash, precision, shapes, batch range, library versions, mel_offset), into the per-user engine cache
+($LIPSYNC_RT_CACHE/engines, else ~/.cache/lipsync-rt/engines), or into --engine_dir.
 
   onnx      fp32 ONNX graphs run by onnxruntime on the CPU (the whole generator, plus its face encoder
             and decoder apart for avatar mode); outputs match PyTorch to ~1e-6
   int8      the same graphs statically quantized to int8, calibrated on real inputs (mel windows of
-            examples/speech.wav and crops of the face in examples/face.jpg, plus --calibration);
-            the fastest CPU engine
+            the bundled speech sample and jittered crops of the bundled face photo, plus
+            --calibration); the fastest CPU engine, and what --engine auto uses on the CPU
   tensorrt  an fp16 TensorRT plan for this GPU and TensorRT version (needs CUDA and tensorrt)
 
-Engines are found by 'lipsync-rt infer --engine KIND' and the other commands when they sit in the
-engine directory. An engine built from another checkpoint, or by another onnxruntime or TensorRT
-version, is refused with the reason; rebuild it with this command."""
+The commands (--engine auto, the default, or a named kind) build the engine they need into the cache
+on first use and reuse it after, so this command is needed only to build ahead of time, to calibrate
+int8 on your own data (--calibration; the cached engine is replaced and then used by every command),
+or to write the files elsewhere (--engine_dir). An engine built from another checkpoint, or by another
+onnxruntime or TensorRT version, is refused with the reason and rebuilt."""
 
 EPILOG = """\
 examples:
@@ -32,9 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint_path", help="generator checkpoint; default: the bundled default model")
     parser.add_argument("--engine", choices=("onnx", "int8", "tensorrt"), default="int8",
                         help="what to build (default: %(default)s)")
-    parser.add_argument("--engine_dir", default="engines", help="where engines are written (default: %(default)s)")
+    parser.add_argument("--engine_dir", help="write the engine files into this folder instead of the engine cache "
+                        "(default: the cache, where every command finds them)")
     parser.add_argument("--calibration", metavar="PATH",
-                        help="int8 only: more calibration inputs besides the examples: a corpus directory in the "
+                        help="int8 only: more calibration inputs besides the bundled sample: a corpus directory in the "
                         "training layout (e.g. data/synth) or a video or photo with a face")
     parser.add_argument("--min_batch", type=int, default=1, help="smallest batch (TensorRT profile; default: 1)")
     parser.add_argument("--opt_batch", type=int, default=4, help="batch to tune for (TensorRT; default: 4)")

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
 
 if TYPE_CHECKING:
     from lipsync_rt.io import Sink
@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'virtualcam' (default) or an .mp4 file to record to")
     parser.add_argument("--vcam_device", help="virtual camera device, e.g. /dev/video10 (default: the first one)")
     parser.add_argument("--vcam_backend", help=argparse.SUPPRESS)
-    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
+                        help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled model)")
     parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C, "
@@ -77,7 +78,8 @@ async def _demo(args: argparse.Namespace) -> int:
     if args.idle and not args.face:
         raise LipSyncError("--idle needs an avatar (--face): a webcam shows what it sees")
     loop = asyncio.get_running_loop()
-    engine = await loop.run_in_executor(None, create_engine, args.engine, args.checkpoint_path)
+    engine = await loop.run_in_executor(
+        None, lambda: create_engine(args.engine, args.checkpoint_path, progress=not args.quiet))
     avatar = None
     if args.face:
         avatar = await loop.run_in_executor(

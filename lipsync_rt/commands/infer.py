@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
-
-#: The ``--engine`` default of this command, in one place.
-ENGINE_DEFAULT = "torch"
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
 
 DESCRIPTION = (
     "Lip-sync a face video or photo to any audio (wav, mp3, m4a, or the audio of a video) and write "
@@ -58,9 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blend", choices=("feather", "none"), default="feather",
                    help="feather: soft lower-face mask with colour matching (default); none: the reference's "
                    "hard rectangular paste, for comparisons")
-    p.add_argument("--engine", choices=ENGINE_CHOICES, default=ENGINE_DEFAULT,
-                   help=f"{ENGINE_HELP} (default: {ENGINE_DEFAULT}, which gives the reference's frames)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE,
+                   help=f"{ENGINE_HELP} (with --blend none and the same face boxes, the whole frames are "
+                   "inference.py's) (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     )
     report = run_inference(options, progress=not args.quiet)
     note = f", {report.frames_without_face} without a face (passed through)" if report.frames_without_face else ""
+    built = f" (+ {report.build_seconds:.1f} s building the engine once; cached)" if report.build_seconds else ""
     print(
         f"wrote {report.outfile}: {report.frames} frames at {report.fps:g} fps{note}; "
-        f"model: {report.model}; {report.seconds:.1f} s ({report.frames / report.seconds:.1f} frames/s)"
+        f"model: {report.model}; {report.seconds:.1f} s ({report.frames / report.seconds:.1f} frames/s){built}"
     )
     return 0

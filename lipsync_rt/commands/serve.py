@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lipsync_rt.commands import ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
 
 DESCRIPTION = (
     "Serve lip sync over WebRTC: open the printed address in a browser. Camera mode sends your webcam and "
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an idle clip (or photo) for avatar NAME, shown while no speech comes (repeatable; "
                         "a bare PATH when there is one avatar)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
-    parser.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help=f"{ENGINE_HELP} (default: auto)")
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
+                        help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--max-sessions", type=int, default=4, help="sessions served at once; more get a 503 "
                         "(default: %(default)s)")
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise LipSyncError(f"--fps must be > 0, got {args.fps}")
     if args.overhead_ms is not None and args.overhead_ms < 0:
         raise LipSyncError(f"--overhead-ms must be >= 0, got {args.overhead_ms}")
-    engine = create_engine(args.engine, args.checkpoint_path, device=args.device)
+    engine = create_engine(args.engine, args.checkpoint_path, device=args.device, progress=True)
     asyncio.run(serve_forever(engine, avatars, config, fps=args.fps, blend=args.blend, max_batch=args.max_batch,
                               overhead_ms=args.overhead_ms, idle_paths=idle))
     return 0

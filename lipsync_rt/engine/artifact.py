@@ -4,7 +4,7 @@ An artifact is named after its checkpoint and precision, ``<checkpoint stem>-<sh
 ``.fp32.onnx`` (kind onnx), ``.int8.onnx`` (int8), ``.fp16.plan`` (tensorrt). The onnx kinds add the
 split graphs ``<...>.encoder.onnx`` and ``<...>.decoder.onnx`` for avatar mode. Next to it,
 ``<...>.json`` holds the metadata: checkpoint hash, precision, shapes, batch range, library versions,
-and the sha256 of every file. The metadata is written last and removed first, so an interrupted build
+the checkpoint's ``mel_offset``, and the sha256 of every file. The metadata is written last and removed first, so an interrupted build
 never leaves an artifact that looks complete.
 
 Loading checks everything the metadata promises and refuses, with one line saying why, an engine
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -62,6 +64,10 @@ class EngineMetadata:
     calibration: Optional[str] = None
     device: Optional[str] = None      # tensorrt: the GPU the plan was built for
     int8_arithmetic: Optional[str] = None  # int8: "vnni" (full-range weights) or "plain" (7-bit ranges)
+    # The checkpoint's audio window start (mel columns, <= 0; models/checkpoint.py). An ONNX graph or plan
+    # cannot carry it, and without it the engine would be fed windows one or two frames off; metadata
+    # written before it existed had none, which means 0 (the public checkpoints).
+    mel_offset: int = 0
     format: int = ENGINE_FORMAT
     created: str = ""
     machine: str = ""
@@ -92,6 +98,9 @@ def resolve_checkpoint(checkpoint_path: Optional[PathLike]) -> Path:
 
     path = Path(checkpoint_path) if checkpoint_path else DEFAULT_GENERATOR
     if not path.is_file():
+        if not checkpoint_path:
+            raise CheckpointError(f"the bundled default model is missing ({path}); reinstall lipsync-rt or pass "
+                                  "--checkpoint_path")
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
 
@@ -110,13 +119,23 @@ def metadata_path(artifact: PathLike) -> Path:
     return artifact.with_suffix(".json")
 
 
+def _torch_version() -> str:
+    # Recorded, never checked: read from the installed package, so that loading an int8 engine (whose
+    # whole job runs without torch) does not import torch for one string.
+    if "torch" in sys.modules:
+        return str(sys.modules["torch"].__version__)
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
 def runtime_versions(kind: str) -> dict[str, str]:
     """The versions that must match between build and load for ``kind`` (and what we record besides)."""
     import numpy
     import onnx
-    import torch
 
-    versions = {"lipsync_rt": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+    versions = {"lipsync_rt": __version__, "torch": _torch_version(), "numpy": numpy.__version__,
                 "onnx": onnx.__version__}
     try:
         import onnxruntime
@@ -148,8 +167,11 @@ def read_metadata(artifact: PathLike) -> EngineMetadata:
         raise LipSyncError(f"{artifact} has no metadata file ({meta.name}); an interrupted or foreign build: rebuild it")
     try:
         data = json.loads(meta.read_text())
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
         metadata = EngineMetadata.from_dict(data)
-    except (ValueError, TypeError) as exc:
+        int(metadata.mel_offset)
+    except (OSError, ValueError, TypeError) as exc:
         raise LipSyncError(f"{meta} is not valid engine metadata ({type(exc).__name__}); rebuild the engine") from None
     return metadata
 
@@ -161,10 +183,16 @@ def _int8_arithmetic() -> str:
 
 
 def check_metadata(
-    metadata: EngineMetadata, artifact: PathLike, checkpoint_path: Optional[PathLike] = None, *, verify_files: bool = True
+    metadata: EngineMetadata,
+    artifact: PathLike,
+    checkpoint_path: Optional[PathLike] = None,
+    *,
+    verify_files: bool = True,
+    checkpoint_sha256: Optional[str] = None,
 ) -> None:
     """Refuse (LipSyncError, one line) an artifact that is not what it claims or not for this checkpoint
-    and runtime. ``checkpoint_path`` None skips the checkpoint check."""
+    and runtime. ``checkpoint_path`` None skips the checkpoint check; ``checkpoint_sha256``, when the
+    caller has hashed it already, saves hashing a public checkpoint's 400 MB again."""
     artifact = Path(artifact)
     name = artifact.name
     if metadata.format != ENGINE_FORMAT:
@@ -174,7 +202,7 @@ def check_metadata(
     if metadata.kind not in BUILD_KINDS:
         raise LipSyncError(f"{name}: unknown engine kind {metadata.kind!r} in its metadata; rebuild it")
     if checkpoint_path is not None:
-        digest = file_sha256(resolve_checkpoint(checkpoint_path))
+        digest = checkpoint_sha256 or file_sha256(resolve_checkpoint(checkpoint_path))
         if digest != metadata.checkpoint_sha256:
             raise LipSyncError(
                 f"{name} was built from another checkpoint ({metadata.checkpoint_name}, sha256 "
@@ -208,25 +236,34 @@ def check_metadata(
             raise LipSyncError(f"{path.name} was changed since it was built (sha256 differs); rebuild the engine")
 
 
-def load_engine(artifact: PathLike, checkpoint_path: Optional[PathLike] = None, *, device: str = "auto"):
+def load_engine(
+    artifact: PathLike,
+    checkpoint_path: Optional[PathLike] = None,
+    *,
+    device: str = "auto",
+    checkpoint_sha256: Optional[str] = None,
+):
     """Open a built engine after checking it against its metadata, the checkpoint and this runtime.
 
     ``checkpoint_path`` is the checkpoint the engine must have been built from; None skips that check
     (the metadata names the checkpoint). ``device`` applies to tensorrt (onnx and int8 run on the CPU).
+    The engine's ``mel_offset`` comes from the metadata.
     """
     artifact = Path(artifact)
     metadata = read_metadata(artifact)
-    check_metadata(metadata, artifact, checkpoint_path)
+    check_metadata(metadata, artifact, checkpoint_path, checkpoint_sha256=checkpoint_sha256)
     if metadata.kind == "tensorrt":
         from .tensorrt_engine import TensorRTEngine
 
-        return TensorRTEngine(artifact, device="cuda" if device in (None, "auto") else device)
+        return TensorRTEngine(artifact, device="cuda" if device in (None, "auto") else device,
+                              mel_offset=int(metadata.mel_offset))
     from .onnx_engine import OnnxEngine
 
     if device not in (None, "auto", "cpu"):
         raise LipSyncError(f"the {metadata.kind} engine runs on the CPU; device {device!r} cannot be used with it")
     roles = {role: artifact.parent / entry["name"] for role, entry in metadata.files.items()}
-    return OnnxEngine(roles["whole"], roles.get("encoder"), roles.get("decoder"), precision=metadata.precision)
+    return OnnxEngine(roles["whole"], roles.get("encoder"), roles.get("decoder"), precision=metadata.precision,
+                      mel_offset=int(metadata.mel_offset))
 
 
 # -- building ------------------------------------------------------------------------------------------
@@ -264,7 +301,8 @@ def _build_onnx(model, kind: str, scratch: Path, stem: str, calibration: Optiona
     import numpy as np
 
     from .onnx_engine import OnnxEngine
-    from .quantize import batched_feeds, calibration_set, quantize_graph
+    from .calibration import calibration_set
+    from .quantize import batched_feeds, quantize_graph
 
     bar.set_postfix_str("calibration inputs")
     cal = calibration_set(calibration, CALIBRATION_SAMPLES)
@@ -282,7 +320,7 @@ def _build_onnx(model, kind: str, scratch: Path, stem: str, calibration: Optiona
 
 
 def _build_tensorrt(model, scratch: Path, stem: str, min_batch: int, opt_batch: int, max_batch: int,
-                    engine_dir: Path, progress: bool) -> dict[str, Path]:
+                    timing_cache: Path, progress: bool) -> dict[str, Path]:
     from .onnx_export import export_graph
 
     try:
@@ -293,9 +331,10 @@ def _build_tensorrt(model, scratch: Path, stem: str, min_batch: int, opt_batch: 
     export_graph(model, "whole", onnx_path, subpixel=False)
     plan = scratch / f"{stem}.plan"
     if progress:
-        print(f"building the TensorRT plan (batch {min_batch}..{max_batch}, optimised for {opt_batch}); this takes minutes")
+        print(f"building the TensorRT plan (batch {min_batch}..{max_batch}, optimised for {opt_batch}); this takes minutes",
+              file=sys.stderr)
     build_tensorrt_plan(onnx_path, plan, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, fp16=True,
-                        timing_cache=engine_dir / "tensorrt.timing-cache")
+                        timing_cache=timing_cache)
     onnx_path.unlink()
     return {"plan": plan}
 
@@ -309,17 +348,20 @@ def _gpu_name() -> Optional[str]:
 def build_engine(
     checkpoint_path: Optional[PathLike],
     kind: str,
-    engine_dir: PathLike = "engines",
+    engine_dir: Optional[PathLike] = None,
     *,
     min_batch: int = 1,
     opt_batch: int = 4,
     max_batch: int = 64,
     calibration: Optional[str] = None,
     progress: bool = False,
+    timing_cache: Optional[PathLike] = None,
 ) -> Path:
     """Build the ``kind`` engine (onnx, int8, tensorrt) of a checkpoint (None: the bundled model) into
     ``engine_dir``; returns the artifact's path. Nothing is left behind when the build fails or is
-    interrupted; an older artifact of the same checkpoint and kind is replaced only by a finished one."""
+    interrupted; an older artifact of the same checkpoint and kind is replaced only by a finished one.
+    ``timing_cache`` is TensorRT's kernel timing file (default: ``tensorrt.timing-cache`` in ``engine_dir``).
+    ``engine_dir`` None builds into the per-user engine cache (``cache.py``), where ``auto`` finds it."""
     from ..default_model import load_generator
 
     if kind not in BUILD_KINDS:
@@ -330,6 +372,11 @@ def build_engine(
         raise LipSyncError(f"calibration data is only used by the int8 engine, not {kind}")
     if kind == "tensorrt" and _gpu_name() is None:
         raise LipSyncError("the tensorrt engine needs a CUDA GPU, and none is available here")
+    if engine_dir is None:
+        from .cache import build_cached
+
+        return build_cached(checkpoint_path, kind, progress=progress, min_batch=min_batch, opt_batch=opt_batch,
+                            max_batch=max_batch, calibration=calibration)
     checkpoint = resolve_checkpoint(checkpoint_path)
     digest = file_sha256(checkpoint)
     model, _ = load_generator(str(checkpoint))
@@ -342,7 +389,8 @@ def build_engine(
     try:
         description = None
         if kind == "tensorrt":
-            built = _build_tensorrt(model, scratch, stem, min_batch, opt_batch, max_batch, engine_dir, progress)
+            cache = Path(timing_cache) if timing_cache is not None else engine_dir / "tensorrt.timing-cache"
+            built = _build_tensorrt(model, scratch, stem, min_batch, opt_batch, max_batch, cache, progress)
         else:
             built, description = _build_onnx(model, kind, scratch, stem, calibration, progress)
         targets = {role: engine_dir / path.name for role, path in built.items()}
@@ -360,6 +408,7 @@ def build_engine(
             calibration=description,
             device=_gpu_name() if kind == "tensorrt" else "cpu",
             int8_arithmetic=_int8_arithmetic() if kind == "int8" else None,
+            mel_offset=int(getattr(model, "mel_offset", 0)),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             machine=f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         )

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import LipSyncError
+from .protocol import split_engine
 
 MEL_ROW = (1, 80, 16)
 FACE_ROW = (6, 96, 96)
@@ -140,7 +141,7 @@ class MicroBatcher:
 
     async def infer_encoded(self, mel: np.ndarray, features: Sequence[np.ndarray]) -> np.ndarray:
         """As :meth:`infer`, on face-encoder features (``SplitEngine.encode_face``); needs a SplitEngine."""
-        if not hasattr(self.engine, "infer_encoded"):
+        if split_engine(self.engine) is None:
             raise LipSyncError(f"engine {self.name!r} cannot run encoded face features (it is not a SplitEngine)")
         return await self._submit("infer_encoded", [mel, *features], None)
 

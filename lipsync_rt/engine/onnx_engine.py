@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..errors import LipSyncError
-from .onnx_export import FEATURES
+from .protocol import FEATURES
 
 PathLike = Union[str, os.PathLike]
 
@@ -66,6 +66,8 @@ class OnnxEngine:
 
     ``whole`` is the whole generator's graph; ``encoder`` and ``decoder`` (optional, both or neither)
     make it a SplitEngine. ``name`` is ``onnx`` for fp32 graphs and ``int8`` for quantized ones.
+    ``mel_offset`` is the checkpoint's audio window start (``load_engine`` sets it from the metadata):
+    a graph cannot carry it, and the pipeline cuts mel windows by it.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class OnnxEngine:
         precision: str = "fp32",
         threads: Optional[int] = None,
         spin: bool = False,
+        mel_offset: int = 0,
     ) -> None:
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
@@ -84,6 +87,7 @@ class OnnxEngine:
             raise ValueError("give both the encoder and the decoder graph, or neither")
         self.name = "onnx" if precision == "fp32" else "int8"
         self.precision = precision
+        self.mel_offset = int(mel_offset)
         self.threads = int(threads or available_cpus())
         self.paths = {"whole": Path(whole)}
         self._whole = _session(whole, threads, spin)

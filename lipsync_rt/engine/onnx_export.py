@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from ..models.blocks import ConvTransposeBlock
+from .protocol import FEATURES  # noqa: F401 - re-exported: the graphs' feature names
 from .torch_engine import fold_batchnorm
 
 if TYPE_CHECKING:  # onnx is imported when a graph is exported, not when an engine module is
     import onnx
 
 OPSET = 17
-FEATURES = tuple(f"f{i}" for i in range(7))  # Wav2Lip.encode_face outputs, outermost first
 PathLike = Union[str, os.PathLike]
 
 # What each graph takes and gives: names are the contract between exporter, quantizer and engine.

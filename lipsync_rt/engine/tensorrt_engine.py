@@ -213,18 +213,20 @@ class TensorRTEngine:
     """``infer(mel[B,1,80,16], face[B,6,96,96]) -> [B,3,96,96]`` float32, from a serialized plan.
 
     Batches above the plan's largest profile batch run in chunks; batches below its smallest are
-    padded (rows never mix). Not re-entrant: calls are serialised by a lock.
+    padded (rows never mix). Not re-entrant: calls are serialised by a lock. ``mel_offset`` is the
+    checkpoint's audio window start, which a plan cannot carry (``load_engine`` sets it from the metadata).
     """
 
     name = "tensorrt"
 
-    def __init__(self, plan_path: PathLike, device: str = "cuda") -> None:
+    def __init__(self, plan_path: PathLike, device: str = "cuda", mel_offset: int = 0) -> None:
         trt = import_tensorrt()
         import torch  # noqa: PLC0415
 
         from .torch_engine import resolve_device  # noqa: PLC0415
 
         self.device = resolve_device(device)
+        self.mel_offset = int(mel_offset)
         if self.device.type != "cuda":
             raise LipSyncError(f"TensorRT runs only on CUDA devices, not {device!r}")
         plan_path = Path(plan_path)

@@ -3,7 +3,7 @@
 Preparing is the expensive part of avatar mode (decoding, face analysis, the face encoder) and none
 of it depends on the audio, so it happens once: face analysis goes through ``face.analyse_file``'s
 cache (a second run on the same file skips face detection), and with a SplitEngine the face encoder's
-features of every frame are computed here (``engine.avatar.AvatarFeatures``), so each output frame
+features of every frame are computed here (``engine.features.AvatarFeatures``), so each output frame
 costs only the audio encoder and the decoder.
 
 Output frame i shows avatar frame ``i mod N`` (``loop``, the batch ``infer`` behaviour) or walks the
@@ -29,15 +29,7 @@ from lipsync_rt.lipsync import crop_face, face_input
 from .idle import IdleClip, Transitions, clip_index, thumbnails
 
 if TYPE_CHECKING:
-    from lipsync_rt.engine import AvatarFeatures, Engine, MicroBatcher, SplitEngine
-
-
-def _split_engine(engine: "Engine | MicroBatcher") -> Optional["SplitEngine"]:
-    """The SplitEngine behind ``engine`` (a MicroBatcher is unwrapped), or None."""
-    inner = getattr(engine, "engine", engine)
-    if callable(getattr(inner, "encode_face", None)) and callable(getattr(inner, "infer_encoded", None)):
-        return inner
-    return None
+    from lipsync_rt.engine import AvatarFeatures, Engine, MicroBatcher
 
 
 class Avatar:
@@ -105,10 +97,12 @@ class Avatar:
 
     def encode(self, engine: "Engine | MicroBatcher", batch_size: int = 16) -> bool:
         """Compute the face-encoder features with ``engine`` if it is a SplitEngine; True if done."""
-        split = _split_engine(engine)
+        from lipsync_rt.engine import split_engine
+
+        split = split_engine(engine)
         if split is None or len(self.crops) == 0:
             return False
-        from lipsync_rt.engine.avatar import AvatarFeatures
+        from lipsync_rt.engine import AvatarFeatures
 
         self.features = AvatarFeatures.compute(split, face_input(self.crops), batch_size=batch_size)
         return True

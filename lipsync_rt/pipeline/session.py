@@ -392,7 +392,7 @@ class LipSyncSession:
         """The engine behind its batcher, the blender, the threads, the face tracker (camera mode), and
         D = L + the policy's processing budget."""
         from lipsync_rt.blend import Blender
-        from lipsync_rt.engine import MicroBatcher, SplitEngine
+        from lipsync_rt.engine import MicroBatcher, split_engine
 
         cfg = self.config
         try:
@@ -406,7 +406,7 @@ class LipSyncSession:
             self._own_batcher = True
         # Avatar features stand in for the face encoder only with an engine that can skip it.
         encoded = (self.avatar is not None and cfg.encoder_cache and self.avatar.features is not None
-                   and isinstance(self._batcher.engine, SplitEngine))
+                   and split_engine(self._batcher) is not None)
         model = LipSyncModel(self._batcher, self.avatar, encoded)
         self._work_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lipsync-work")
         if self.avatar is None:

@@ -5,7 +5,7 @@ avatar clip, never on the audio, so the face encoder's seven skip features can b
 avatar frame and reused every time the loop comes round; each output frame then costs only the audio
 encoder and the decoder (``SplitEngine.infer_encoded``).
 
-What it saves and what it costs (MACs from ``engine/flops.py``; features stored as float32):
+What it saves and what it costs (MACs from ``bench/flops.py``; features stored as float32):
 
     model          face encoder's share of a frame    features per frame    10 s avatar at 25 fps
     full (1.0)     0.31 of 3.97 GMACs (7.8 %)         1.11 MiB              277 MiB
@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import LipSyncError
 from ..models.blocks import quantize_width, scaled
+from .protocol import split_engine
 
 _STORAGE = {"float32": np.float32, "float16": np.float16}
 # Encoder outputs f0..f6 at full width: (channels, side).
@@ -46,13 +47,6 @@ def feature_bytes_per_frame(width: float = 1.0, storage: str = "float32") -> int
     """Bytes of cached features per avatar frame (1.11 MiB at full width in float32)."""
     itemsize = np.dtype(_STORAGE[storage]).itemsize
     return sum(int(np.prod(shape)) for shape in feature_shapes(width)) * itemsize
-
-
-def _is_split(engine: object) -> bool:
-    # An engine may have the methods but not the graphs behind them (an ONNX engine loaded without its
-    # encoder/decoder pair says so with ``split = False``).
-    methods = callable(getattr(engine, "encode_face", None)) and callable(getattr(engine, "infer_encoded", None))
-    return methods and getattr(engine, "split", True) is not False
 
 
 class AvatarFeatures:
@@ -77,7 +71,8 @@ class AvatarFeatures:
         (half the memory, not exact: see the module notes).
         """
         name = getattr(engine, "name", type(engine).__name__)
-        if not _is_split(engine):
+        split = split_engine(engine)
+        if split is None:
             raise LipSyncError(
                 f"engine {name!r} cannot run the face encoder alone (no encode_face/infer_encoded), "
                 "so avatar features cannot be cached; use the torch or onnx engines"
@@ -93,7 +88,7 @@ class AvatarFeatures:
             raise LipSyncError("no avatar frames to encode: the avatar has no frame with a face")
         parts: list[list[np.ndarray]] = [[] for _ in range(FEATURE_COUNT)]
         for start in range(0, len(faces), batch_size):
-            feats = engine.encode_face(np.asarray(faces[start : start + batch_size], dtype=np.float32))
+            feats = split.encode_face(np.asarray(faces[start : start + batch_size], dtype=np.float32))
             if len(feats) != FEATURE_COUNT:
                 raise LipSyncError(f"engine {name!r} returned {len(feats)} face features, expected {FEATURE_COUNT}")
             for store, feat in zip(parts, feats):
