@@ -40,6 +40,7 @@ test: install
 bench: install
 	$(BIN)/lipsync-rt bench engine --json benchmarks/engine_cpu.json --plot benchmarks/engine_cpu.png
 	$(BIN)/lipsync-rt bench pipeline --engine torch --json benchmarks/pipeline_cpu.json --plot benchmarks/pipeline_cpu.png
+	$(BIN)/lipsync-rt bench pipeline --interrupt --engine torch --seconds 180 --json benchmarks/interrupt_cpu.json --plot benchmarks/interrupt_cpu.png
 	$(BIN)/lipsync-rt bench webrtc --engine torch --json benchmarks/webrtc_cpu.json --plot benchmarks/webrtc_cpu.png
 	$(BIN)/python benchmarks/bench_infer.py --json benchmarks/infer_auto_cpu.json
 

@@ -32,6 +32,22 @@ def test_bench_pipeline_reports_latency_offset_drops_and_a_baseline(tmp_path, ca
     assert "end to end" in capsys.readouterr().out
 
 
+def test_bench_pipeline_interrupt_reports_barge_in_events_and_transitions(tmp_path, capsys):
+    out, png = tmp_path / "interrupt.json", tmp_path / "interrupt.png"
+    assert main(["bench", "pipeline", "--interrupt", "--seconds", "6", "--engine", "torch", "--overhead_ms", "120",
+                 "--json", str(out), "--plot", str(png)]) == 0
+    r = json.loads(out.read_text())
+    assert r["replies"] >= 1 and r["machine"]["cores"] >= 1
+    assert r["delay_ms"] == pytest.approx(r["lookahead_ms"] + 120)
+    assert r["barge_in_ms"]["both"]["n"] == r["interrupts"]
+    assert r["barge_in_violations"] == 0
+    assert r["events_ms"]["started_after_first_push"]["n"] == r["replies"]
+    assert r["events_ms"]["position_error"]["max"] < 1.0                      # ms: positions are exact
+    assert r["transition_step"]["nearest"]["to_speech"]["n"] >= 1
+    assert png.read_bytes()[:8] == PNG
+    assert "barge-in" in capsys.readouterr().out
+
+
 def test_bench_pipeline_refuses_a_bad_duration(capsys):
     assert main(["bench", "pipeline", "--seconds", "0"]) == 1
     assert capsys.readouterr().err.strip().startswith("lipsync-rt: error: --seconds")

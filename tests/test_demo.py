@@ -34,6 +34,27 @@ def test_dry_run_to_an_mp4(tmp_path, face_video, speech, generator_checkpoint, c
     assert f"sent 22 frames to {out}" in line and "delay" in line
 
 
+def test_dry_run_with_an_idle_clip_idles_after_the_reply(tmp_path, face_video, speech, generator_checkpoint, capsys):
+    """--duration longer than --audio: the reply plays, then the avatar shows its idle clip."""
+    idle = tmp_path / "idle.png"
+    import cv2
+    from lipsync_rt.media import iter_video_frames
+
+    first = next(iter_video_frames(face_video)).image
+    cv2.imwrite(str(idle), first[:, ::-1])                     # a mirrored still: easy to tell apart
+    out = tmp_path / "idle.mp4"
+    args = demo_args(face_video, speech, generator_checkpoint, "--idle", str(idle), "--output", str(out),
+                     "--duration", "2.2")
+    assert main(args) == 0
+    info = probe(out)
+    assert info.frame_count >= 50                              # 1.6 s of speech, then idling to 2.2 s
+    frames = [f.image for f in iter_video_frames(out)]
+    mirrored = [float(np.abs(f.astype(int) - first[:, ::-1].astype(int)).mean()) < 6 for f in frames]
+    assert mirrored[-1] and not all(mirrored)
+    assert main(["demo", "--idle", str(idle), "--audio", str(speech), "--output", str(out)]) == 1
+    assert "--idle needs an avatar" in capsys.readouterr().err
+
+
 class RecordingCamera:
     """A pyvirtualcam backend that records the frames it is sent."""
 

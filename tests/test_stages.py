@@ -106,7 +106,7 @@ def test_picture_stage_routes_each_frame_once():
     class Pictures:
         frames = {0: picture(0), 1: picture(1, face=False), 2: picture(2, dropped=True), 3: picture(3), 4: None}
 
-        async def picture(self, index):
+        async def picture(self, index, idle=False):
             return self.frames[index]
 
         def stand_in(self, index):
@@ -255,3 +255,72 @@ def test_live_release_sends_whatever_is_there_at_each_release_time():
 def test_percentiles_of_nothing_are_nan():
     assert all(np.isnan(v) for v in percentiles([]).values())
     assert percentiles(range(101)) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# Interrupt: the gate and the cut
+
+
+def test_release_cut_replaces_what_waits_with_idle_stand_ins():
+    from lipsync_rt.pipeline.messages import Generation
+
+    async def run():
+        generation = Generation()
+        policy = OfflinePolicy(SessionConfig(live=False))
+        metrics = SessionMetrics()
+        video, audio = policy.droppable_queue(1, metrics.output_dropped), BackpressureQueue()   # holds it at 2
+        idle_image = np.full((4, 4, 3), 7, np.uint8)
+        release = ReleaseStage(policy, MediaClock(25), Timeline(), video, audio,
+                               lambda i: SourceFrame(i, idle_image, None, None, idle=True), metrics, generation)
+        for i in range(6):
+            release.submit(generated(i))
+        task = asyncio.ensure_future(release._release_video())
+        while release.next_index < 2:                  # frames 0 and 1 leave
+            await asyncio.sleep(0.001)
+        generation.advance()
+        release.cut(until=4)                           # 2, 3: windows of the old speech -> idle
+        release.submit(generated(4))                   # stale: dropped at the gate
+        release.submit(generated(4, generation=1))     # the new speech's frame 4
+        release.submit(generated(5, generation=1))
+        release.finish(6)
+        frames = await drain(video)
+        await task
+        return frames, metrics
+
+    frames, metrics = asyncio.run(run())
+    assert [f.pts for f in frames] == [0, 1, 2, 3, 4, 5]
+    assert [f.idle for f in frames] == [False, False, True, True, False, False]
+    assert frames[2].image[0, 0, 0] == 7 and frames[4].generated
+    assert metrics.frames_idle == 2 and metrics.frames_dropped == 0
+
+
+def test_picture_stage_drops_stale_windows_and_a_camera_stays_in_step():
+    from lipsync_rt.pipeline.messages import Generation
+    from lipsync_rt.pipeline.stages import CameraPictures
+
+    class Camera:
+        pictures = BackpressureQueue()
+
+        def stop_at(self, frames):
+            pass
+
+    async def run():
+        camera = Camera()
+        for i in range(6):
+            camera.pictures.put_nowait(picture(i))
+        generation = Generation()
+        generation.advance()                            # windows 0-2 belong to an interrupted speech
+        policy = OfflinePolicy(SessionConfig(live=False))
+        release, *_ = release_stage(policy, MediaClock(25))
+        release.generation = generation
+        windows, jobs = BackpressureQueue(), BackpressureQueue()
+        for i in range(6):
+            windows.put_nowait(window(i, generation=0 if i < 3 else 1))
+        windows.put_nowait(StreamEnd(frames=6))
+        pictures = CameraPictures(camera)
+        await PictureStage(windows, pictures, jobs, release, generation=generation).run()
+        return await drain(jobs), pictures
+
+    jobs, pictures = asyncio.run(run())
+    assert [(job.index, job.frame.index) for job in jobs] == [(3, 3), (4, 4), (5, 5)]
+    assert pictures.stand_in(1).index == 1 and pictures.stand_in(1).track is None   # read aside, kept

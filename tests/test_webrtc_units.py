@@ -194,6 +194,22 @@ def test_avatar_specs(tmp_path):
         parse_avatar_specs([f"a={EXAMPLE_FACE}", f"a={EXAMPLE_FACE}"])
 
 
+def test_idle_specs(tmp_path):
+    from lipsync_rt.webrtc import parse_idle_specs
+
+    one = {"anna": EXAMPLE_FACE}
+    assert parse_idle_specs([str(EXAMPLE_FACE)], one) == {"anna": EXAMPLE_FACE}        # the only avatar
+    assert parse_idle_specs([f"anna={EXAMPLE_FACE}"], one) == {"anna": EXAMPLE_FACE}
+    with pytest.raises(LipSyncError, match="NAME=PATH"):
+        parse_idle_specs([str(EXAMPLE_FACE)], {"anna": EXAMPLE_FACE, "bob": EXAMPLE_FACE})
+    with pytest.raises(LipSyncError, match="no avatar named"):
+        parse_idle_specs([f"bob={EXAMPLE_FACE}"], one)
+    with pytest.raises(LipSyncError, match="no such file"):
+        parse_idle_specs([f"anna={tmp_path / 'idle.mp4'}"], one)
+    with pytest.raises(LipSyncError, match="two idle clips"):
+        parse_idle_specs([str(EXAMPLE_FACE), str(EXAMPLE_FACE)], one)
+
+
 SAMPLE_LINE = re.compile(r'^lipsync_rt_[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? (-?[0-9.e+-]+|NaN|\+Inf)$')
 
 

@@ -15,6 +15,11 @@ session's paced output goes to a sink that records when each frame and audio chu
 The baseline, measured in the same run, is the engine alone: one-frame calls, as a live stream
 makes them. Targets on a 2-core CPU at 25 fps with the bundled lite model: overhead p99 <= 60 ms,
 A/V offset <= 40 ms, no drops over 60 s; on a GPU: overhead p99 <= 15 ms.
+
+``--interrupt`` measures a voice agent instead (``bench/interrupt.py``): replies pushed as segments,
+some cut by ``interrupt()``, an avatar idling between them; barge-in latency (call to the first idle
+frame and silent audio at the sink, target p99 <= 60 ms on a 2-core CPU), segment event timing, and
+the step on screen where idle and speech take over from each other.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ examples:
   lipsync-rt bench pipeline --json results/pipeline.json --plot results/pipeline.png
   lipsync-rt bench pipeline --seconds 10 --engine int8
   lipsync-rt bench pipeline --face examples/face.jpg       # avatar mode instead of a camera clip
+  lipsync-rt bench pipeline --interrupt --json results/interrupt.json --plot results/interrupt.png
 """
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -49,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", help="face video with speech played as the live camera + microphone "
                         "(default: the example face moving in a 320x288 frame, with the example speech)")
     parser.add_argument("--face", help="avatar mode: this avatar with the clip's (or example) speech")
+    parser.add_argument("--interrupt", action="store_true", help="a voice agent instead: replies as segments, "
+                        "barge-in, idling; reports barge-in latency, segment events and clip transitions")
+    parser.add_argument("--idle", help="with --interrupt and --face: the avatar's idle clip (default: with "
+                        "no --face, a generated speaking and idle clip of the example face)")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
@@ -65,19 +75,32 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.seconds > 0:
         raise LipSyncError(f"--seconds must be > 0, got {args.seconds}")
+    if args.idle and not (args.interrupt and args.face):
+        raise LipSyncError("--idle goes with --interrupt and --face")
+    if args.interrupt:
+        from . import interrupt
+
+        result = asyncio.run(interrupt.measure(args))
+        interrupt.report(result)
+        _write(result, args, interrupt.plot)
+        return 0
     with tempfile.TemporaryDirectory(prefix="lipsync-bench-") as tmp:
         clip = args.clip or str(make_clip(Path(tmp) / "clip.mp4", fps=args.fps))
         result = asyncio.run(measure(args, clip))
     _print(result)
+    _write(result, args, plot)
+    return 0
+
+
+def _write(result: dict, args: argparse.Namespace, plotter) -> None:
     if args.json:
         from lipsync_rt.atomic import write_json_atomic
 
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     if args.plot:
-        plot(result, args.plot)
+        plotter(result, args.plot)
         print(f"wrote {args.plot}")
-    return 0
 
 
 def make_clip(path: Path, fps: float = 25.0, seconds: float = 8.0) -> Path:

@@ -3,7 +3,9 @@
 Webcam + microphone in, virtual camera out, by default; ``--face avatar.mp4`` replaces the webcam
 with a prepared avatar, ``--audio FILE`` replaces the microphone with a file played in real time
 (a dry run that needs no sound card), and ``--output FILE.mp4`` records instead of (or without) a
-virtual camera. All of them are wirings of one ``LipSyncSession``.
+virtual camera. ``--idle CLIP`` gives the avatar an idle clip for when nobody speaks; with ``--audio``,
+the file is played as one reply and a ``--duration`` longer than it leaves the avatar idling after it.
+All of them are wirings of one ``LipSyncSession``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ examples:
   lipsync-rt demo                                      # webcam + microphone -> virtual camera
   lipsync-rt demo --face examples/face.jpg             # avatar + microphone -> virtual camera
   lipsync-rt demo --face examples/face.jpg --audio examples/speech.wav --output out.mp4   # dry run
+  lipsync-rt demo --face talk.mp4 --idle idle.mp4 --audio reply.wav --duration 12 --output out.mp4
 
 The virtual camera on Linux is a v4l2loopback device:
   sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=lipsync-rt exclusive_caps=1
@@ -38,6 +41,7 @@ The virtual camera on Linux is a v4l2loopback device:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face", help="avatar video or photo (default: the webcam)")
+    parser.add_argument("--idle", help="idle clip (or photo) the avatar shows when nobody speaks (needs --face)")
     parser.add_argument("--camera", help="webcam device (default: /dev/video0 on Linux, 0 on macOS, "
                         "'video=Integrated Camera' on Windows)")
     parser.add_argument("--audio", help="play this audio file in real time instead of the microphone (dry run)")
@@ -71,12 +75,15 @@ async def _demo(args: argparse.Namespace) -> int:
         raise LipSyncError(f"--output must be 'virtualcam' or a file ending in .mp4, got {args.output!r}")
     if args.duration is not None and args.duration <= 0:
         raise LipSyncError(f"--duration must be > 0, got {args.duration}")
+    if args.idle and not args.face:
+        raise LipSyncError("--idle needs an avatar (--face): a webcam shows what it sees")
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(
         None, lambda: create_engine(args.engine, args.checkpoint_path, progress=not args.quiet))
     avatar = None
     if args.face:
-        avatar = await loop.run_in_executor(None, lambda: Avatar.prepare(args.face, engine, fps=args.fps))
+        avatar = await loop.run_in_executor(
+            None, lambda: Avatar.prepare(args.face, engine, fps=args.fps, idle=args.idle))
 
     # Open every device before starting, so a missing one is an error before anything runs.
     camera = microphone = None
@@ -93,7 +100,8 @@ async def _demo(args: argparse.Namespace) -> int:
             sink = Mp4Sink(args.output, args.fps)
         source = None
         if args.audio:
-            source = FileSource(args.audio, realtime=True, video=False, seconds=args.duration)
+            source = FileSource(args.audio, realtime=True, video=False, seconds=args.duration,
+                                segment="audio" if avatar is not None else None)
         else:
             microphone = Microphone(args.mic)
 
@@ -102,14 +110,16 @@ async def _demo(args: argparse.Namespace) -> int:
         await session.start()
         status = _Status(session, sink, quiet=args.quiet)
         tasks = []
+        # a --duration longer than the --audio file: the avatar goes on (idles) until it is up
+        idle_after = source is not None and args.duration is not None and args.duration > source.duration
         if source is not None:
-            tasks.append(loop.create_task(source.run(session)))
+            tasks.append(loop.create_task(source.run(session, end_input=not idle_after)))
         else:
             microphone.start(session.push_audio)
             opened.append(microphone.stop)
         if camera is not None:
             camera.start(session.push_video, on_end=session.end_of_input)
-        if args.duration is not None and source is None:
+        if args.duration is not None and (source is None or idle_after):
             loop.call_later(args.duration, session.end_of_input)
         try:
             await run_sinks(session, [sink], on_frame=status.frame)

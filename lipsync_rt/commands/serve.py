@@ -16,6 +16,7 @@ EPILOG = """\
 examples:
   lipsync-rt serve                                   # http://127.0.0.1:8080, avatar 'face' = examples/face.jpg
   lipsync-rt serve --avatar anna=anna.mp4 --avatar bob=bob.jpg --max-sessions 8
+  lipsync-rt serve --avatar anna=anna.mp4 --idle anna=anna_idle.mp4   # idles while no speech comes
   lipsync-rt serve --host 0.0.0.0 --token s3cret --stun stun:stun.example.org:3478
     (then open http://HOST:8080/?token=s3cret; browsers allow the camera only on https or localhost)
 """
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "else none)")
     parser.add_argument("--avatar", action="append", default=[], metavar="NAME=PATH",
                         help="an avatar photo or clip, offered by NAME (repeatable; default: face=examples/face.jpg)")
+    parser.add_argument("--idle", action="append", default=[], metavar="[NAME=]PATH",
+                        help="an idle clip (or photo) for avatar NAME, shown while no speech comes (repeatable; "
+                        "a bare PATH when there is one avatar)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
@@ -54,17 +58,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.factory import create_engine
     from ..errors import LipSyncError
-    from ..webrtc import ServerConfig, default_avatar_specs, parse_avatar_specs
+    from ..webrtc import ServerConfig, default_avatar_specs, parse_avatar_specs, parse_idle_specs
     from ..webrtc.server import serve_forever
 
     config = ServerConfig(host=args.host, port=args.port, token=args.token or None, max_sessions=args.max_sessions,
                           max_body=args.max_body, ice_servers=tuple(args.stun))
     avatars = parse_avatar_specs(args.avatar) if args.avatar else default_avatar_specs()
+    idle = parse_idle_specs(args.idle, avatars)
     if args.fps <= 0:
         raise LipSyncError(f"--fps must be > 0, got {args.fps}")
     if args.overhead_ms is not None and args.overhead_ms < 0:
         raise LipSyncError(f"--overhead-ms must be >= 0, got {args.overhead_ms}")
     engine = create_engine(args.engine, args.checkpoint_path, device=args.device, progress=True)
     asyncio.run(serve_forever(engine, avatars, config, fps=args.fps, blend=args.blend, max_batch=args.max_batch,
-                              overhead_ms=args.overhead_ms))
+                              overhead_ms=args.overhead_ms, idle_paths=idle))
     return 0

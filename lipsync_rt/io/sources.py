@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Hashable, Optional
 
 from lipsync_rt.audio import SAMPLE_RATE, load_audio
 from lipsync_rt.errors import MediaError
@@ -27,16 +27,19 @@ class FileSource:
 
     ``video``: also push the file's frames (camera mode); by default when the session has no avatar.
     ``loop``: start over at the end until ``seconds`` have played (``seconds`` None: play once).
+    ``segment``: push the audio as this speech segment (a reply), ended with ``end_of_segment``.
     """
 
     def __init__(self, path: str | os.PathLike, *, realtime: bool = True, chunk_ms: float = 10.0,
-                 video: Optional[bool] = None, seconds: Optional[float] = None, loop: bool = False) -> None:
+                 video: Optional[bool] = None, seconds: Optional[float] = None, loop: bool = False,
+                 segment: Optional[Hashable] = None) -> None:
         self.path = Path(path)
         self.realtime = realtime
         self.chunk = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
         self.video = video
         self.seconds = seconds
         self.loop = loop
+        self.segment = segment
         self.audio = load_audio(self.path)
         self.frames_pushed = 0
         self.samples_pushed = 0
@@ -56,8 +59,9 @@ class FileSource:
             yield pos, piece
             pos += piece.size
 
-    async def run(self, session: "LipSyncSession") -> None:
-        """Push everything, then ``end_of_input`` (also when this task is cancelled or fails)."""
+    async def run(self, session: "LipSyncSession", end_input: bool = True) -> None:
+        """Push everything, then ``end_of_input`` (also when this task is cancelled or fails; with
+        ``end_input`` False the session goes on: an avatar idles)."""
         with_video = self.video if self.video is not None else session.avatar is None
         try:
             tasks = [self._push_audio(session)]
@@ -65,8 +69,11 @@ class FileSource:
                 tasks.append(self._push_video(session))
             self.started = time.monotonic()
             await asyncio.gather(*tasks)
+            if self.segment is not None:
+                session.end_of_segment(self.segment)
         finally:
-            session.end_of_input()
+            if end_input:
+                session.end_of_input()
 
     async def _push_audio(self, session: "LipSyncSession") -> None:
         for pos, piece in self._audio_stream():
@@ -74,7 +81,10 @@ class FileSource:
                 await sleep_until(self.started + (pos + piece.size) / SAMPLE_RATE)
             else:
                 await asyncio.sleep(0)
-            session.push_audio(piece, SAMPLE_RATE)
+            if self.segment is None:
+                session.push_audio(piece, SAMPLE_RATE)
+            else:
+                session.push_audio(piece, SAMPLE_RATE, segment=self.segment)
             self.samples_pushed += piece.size
 
     async def _push_video(self, session: "LipSyncSession") -> None:

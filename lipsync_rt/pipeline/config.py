@@ -28,6 +28,9 @@ class SessionConfig:
     ``avatar_loop``: ``"loop"`` (frame i uses avatar frame i mod N, as ``infer``) or ``"pingpong"``
     (forwards then backwards, no jump at the end of the clip).
     ``encoder_cache``: avatar mode with a SplitEngine reuses the avatar's face-encoder features.
+    ``idle_transition``: for an avatar with an idle clip, how a change between the idle clip and the
+    speaking frames is made: ``"nearest"`` (the new clip starts at its frame nearest to the picture
+    it replaces) or ``"cut"`` (each clip shows the frame its own loop is at: a jump; for comparison).
     """
 
     fps: float = 25.0
@@ -41,6 +44,7 @@ class SessionConfig:
     skip_silence: bool = True
     avatar_loop: str = "loop"
     encoder_cache: bool = True
+    idle_transition: str = "nearest"
     keyframe_interval: int = 10
     queue_frames: int = 8
     max_wait_ms: float = 4.0
@@ -56,6 +60,8 @@ class SessionConfig:
             raise LipSyncError(f"audio_chunk must be >= 1 sample, got {self.audio_chunk}")
         if self.avatar_loop not in ("loop", "pingpong"):
             raise LipSyncError(f"avatar_loop must be 'loop' or 'pingpong', got {self.avatar_loop!r}")
+        if self.idle_transition not in ("nearest", "cut"):
+            raise LipSyncError(f"idle_transition must be 'nearest' or 'cut', got {self.idle_transition!r}")
         if self.queue_frames < 1:
             raise LipSyncError(f"queue_frames must be >= 1, got {self.queue_frames}")
         object.__setattr__(self, "pads", tuple(int(p) for p in self.pads))
@@ -71,6 +77,7 @@ class SessionStats:
     passed through). ``latency_ms``: release time minus ``capture_time`` of the newest input that drove
     the frame, over generated frames. ``overhead_ms``: per generated frame, the time from its mel
     window's last sample being due (T0 + t_i + L) to the frame being ready; D - L must exceed it.
+    ``interrupts``: ``interrupt()`` calls.
     """
 
     frames_out: int
@@ -85,4 +92,5 @@ class SessionStats:
     overhead_ms: dict[str, float]
     delay: float
     lookahead: float
+    interrupts: int = 0
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)

@@ -8,33 +8,61 @@ internal to the graph, in the order a frame meets them::
     SourceFrame┘     └──────── passed through unchanged ──────────► FrameResult ─┘
 
 Video pts count frames (time base 1/fps); audio pts count samples at 16 kHz. Every message on its
-way to release carries the ``generation`` it was made in: the release stage lets through only the
-current generation, which is the one place a barge-in (``interrupt``) has to touch to discard
-everything in flight (docs/architecture.md, "Interruption").
+way to release carries the ``generation`` it was made in (a :class:`Generation` shared by the stages):
+``interrupt()`` advances it, and the release stage lets through only the current one, so whatever is
+still in a queue or in the engine when a barge-in comes is discarded where it lands; the stages
+before release drop stale messages early only to save work (docs/architecture.md, "Interruption").
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Hashable, Optional, Sequence, Union
 
 import numpy as np
 
 from lipsync_rt.face import FaceTrack
 
+if TYPE_CHECKING:
+    from .segments import SegmentEvent
+
+
+class Generation:
+    """The number of the speech a message belongs to; ``interrupt()`` advances it.
+
+    One object per session, shared by the stages: a message whose generation is not ``current`` is
+    stale. Advancing is safe from any thread (pushes stamp their audio with the generation current
+    when they were made, so audio pushed after an ``interrupt()`` call is never taken for old).
+    """
+
+    def __init__(self) -> None:
+        self.current = 0
+        self._lock = threading.Lock()
+
+    def advance(self) -> int:
+        with self._lock:
+            self.current += 1
+            return self.current
+
+    def stale(self, generation: int) -> bool:
+        return generation != self.current
+
 
 @dataclass(frozen=True, eq=False)
 class OutputFrame:
     """One output video frame. ``generated`` is False when it passed through unchanged (no face,
-    engine error, dropped result, idle); ``capture_time`` is ``time.monotonic()`` when the newest
-    input that drove it arrived (None when nothing was measured, e.g. offline)."""
+    engine error, dropped result, idle); ``idle`` when it shows the idle picture because there is no
+    speech (silence, between segments, after an interrupt); ``capture_time`` is ``time.monotonic()``
+    when the newest input that drove it arrived (None when nothing was measured, e.g. offline)."""
 
     image: np.ndarray
     pts: int
     time_base: Fraction
     generated: bool
     capture_time: Optional[float]
+    idle: bool = False
 
     @property
     def time(self) -> float:
@@ -43,11 +71,22 @@ class OutputFrame:
 
 @dataclass(frozen=True, eq=False)
 class OutputAudio:
-    """A stretch of the session's audio (float32 mono in [-1, 1]); pts in samples at ``sample_rate``."""
+    """A stretch of the session's audio (float32 mono in [-1, 1]); pts in samples at ``sample_rate``.
+
+    ``segment``: the speech segment these samples belong to (None: silence or audio pushed without a
+    segment); a chunk never spans two segments. ``segment_position``: how many samples of that segment
+    were released before this chunk, so an adapter can play the segment's original, unresampled audio
+    in step (sample ``segment_position * rate / 16000`` of what was pushed). ``events``: the segment
+    events since the previous chunk left, including those this chunk causes (its first sample starts a
+    segment, its last one finishes it); the same events go to ``session.events()``.
+    """
 
     samples: np.ndarray
     pts: int
     sample_rate: int
+    segment: Optional[Hashable] = None
+    segment_position: int = 0
+    events: tuple["SegmentEvent", ...] = ()
 
     @property
     def time(self) -> float:
@@ -76,6 +115,7 @@ class SourceFrame:
     capture_time: Optional[float]
     avatar_index: Optional[int] = None     # avatar frame shown, avatar mode only
     dropped: bool = False                  # camera mode: taken while the tracker was behind, not tracked
+    idle: bool = False                     # a picture of the avatar's idle clip: shown as it is
 
 
 @dataclass(frozen=True, eq=False)

@@ -35,6 +35,7 @@ class SessionMetrics:
     def __init__(self) -> None:
         self.frames_out = self.frames_generated = self.frames_dropped = self.frames_idle = 0
         self.engine_errors = self.frames_without_face = self.audio_samples_out = 0
+        self.interrupts = 0
         self.latency_ms: deque[float] = deque(maxlen=_KEEP)
         self.overhead_ms: deque[float] = deque(maxlen=_KEEP)
         self.stage_ms: dict[str, deque[float]] = {k: deque(maxlen=_KEEP) for k in STAGES}
@@ -74,6 +75,6 @@ class SessionMetrics:
             engine_errors=self.engine_errors, frames_without_face=self.frames_without_face,
             audio_samples_out=self.audio_samples_out, silence_samples=silence_samples,
             latency_ms=percentiles(self.latency_ms), overhead_ms=percentiles(self.overhead_ms),
-            delay=delay, lookahead=lookahead,
+            delay=delay, lookahead=lookahead, interrupts=self.interrupts,
             stage_ms={k: percentiles(v) for k, v in self.stage_ms.items()},
         )

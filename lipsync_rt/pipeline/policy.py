@@ -11,6 +11,7 @@ queue of windows, pictures   unbounded (never lose one)                  wait fo
 audio that has not come      silence once ``audio_grace_ms`` overdue     wait for it
 batches                      the jobs waiting, never wait for more       blocks of ``batch_size`` indices
 a job past its release time  dropped before the engine call              never late
+a window that came early      becomes a job at T0 + t_i + L               at once
 video frame i leaves         at T0 + t_i + D, ready or not               when it is settled
 audio sample s leaves        at T0 + s/16000 + D, in ``audio_chunk``s     when it is written, as written
 camera frame i is            the newest one at T0 + t_i                  the i-th one pushed
@@ -84,6 +85,11 @@ class Policy:
         """How long after its audio was due frame ``index`` became ready at ``now`` (None: not measured)."""
         raise NotImplementedError
 
+    async def job_slot(self, index: int) -> None:
+        """Until frame ``index`` may become a job: audio pushed faster than real time (a TTS reply
+        arrives in a burst) must not flood the engine's queue, where the live policy would drop it."""
+        raise NotImplementedError
+
     async def video_slot(self, index: int, release: "ReleaseStage") -> None:
         """Until frame ``index`` is to leave."""
         raise NotImplementedError
@@ -138,6 +144,11 @@ class LivePolicy(Policy):
     def overhead(self, index: int, now: float) -> Optional[float]:
         return now - (self.clock.t0 + self.clock.frame_time(index) + self.lookahead)
 
+    async def job_slot(self, index: int) -> None:
+        # when its window would be complete had the audio come in real time: the budget D - L is
+        # what processing gets, as it does for a microphone
+        await sleep_until(self.clock.t0 + self.clock.frame_time(index) + self.lookahead)
+
     async def video_slot(self, index: int, release: "ReleaseStage") -> None:
         await sleep_until(self.clock.release_time(index))
 
@@ -182,6 +193,9 @@ class OfflinePolicy(Policy):
         return False
 
     def overhead(self, index: int, now: float) -> Optional[float]:
+        return None
+
+    async def job_slot(self, index: int) -> None:
         return None
 
     async def video_slot(self, index: int, release: "ReleaseStage") -> None:

@@ -13,8 +13,12 @@ in its own, crops and blending in another, the engine in the MicroBatcher's). Th
 (``policy.py``) answers every question on which live and offline sessions differ: live, the session
 releases frame i and its audio at T0 + t_i + D on the audio-sample clock, and a frame not ready by
 then leaves as its original picture, so D never grows; offline, nothing is dropped and bounded queues
-throttle the producers. docs/architecture.md describes the graph, the timing model and the seams
-for interruption.
+throttle the producers.
+
+A voice agent speaks in segments (``push_audio(..., segment=ID)``, ``end_of_segment``), hears
+``PlaybackStarted``/``PlaybackFinished`` back (``events()``, ``on_event``, or in-band on the audio
+chunks), and barges in with ``interrupt()``: everything not yet released is dropped and the next
+released frame is idle. docs/architecture.md describes the graph, the timing model and interruption.
 """
 
 from __future__ import annotations
@@ -23,22 +27,25 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Optional, Protocol, Union
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Optional, Protocol, Union
 
 import numpy as np
 
+from lipsync_rt.audio import SAMPLE_RATE
 from lipsync_rt.errors import LipSyncError
 
 from .avatar import Avatar
 from .clock import MediaClock, lookahead
 from .config import SessionConfig, SessionStats
-from .messages import DROPPED, FrameResult, Job, OutputAudio, OutputFrame
+from .messages import DROPPED, FrameResult, Generation, Job, OutputAudio, OutputFrame
 from .metrics import SessionMetrics
 from .pcm import to_mono_float
 from .policy import policy_for
-from .queues import BackpressureQueue, Inbox, StreamEnd
+from .queues import BackpressureQueue, DropOldestQueue, Inbox, StreamEnd
+from .segments import SegmentEvent, SegmentId, Segments
 from .stages import (AudioStage, AvatarPictures, BlendStage, CameraPictures, InferStage, LipSyncModel,
                      PictureStage, ReleaseStage, Tracker)
+from .stages.audio import AudioPush, SegmentEnd
 from .timeline import MelFramer, Timeline
 
 if TYPE_CHECKING:
@@ -61,11 +68,17 @@ class LipSyncSession:
     """A face (avatar or pushed camera frames) plus pushed speech in, lip-synced frames and audio out.
 
     ``engine``: see :data:`EngineLike`; its batches hold at most ``config.batch_size`` frames.
-    ``avatar`` None means camera mode (``push_video``).
+    ``avatar`` None means camera mode (``push_video``). ``on_event``: called on the event loop with
+    each :data:`~lipsync_rt.pipeline.segments.SegmentEvent` as it happens (an exception it raises is
+    logged, not raised).
     """
 
+    #: segment events kept for ``events()`` when nobody reads them (the oldest go first)
+    EVENTS_KEPT = 1024
+
     def __init__(self, engine: EngineLike, *, avatar: Optional[Avatar] = None,
-                 config: SessionConfig = SessionConfig()) -> None:
+                 config: SessionConfig = SessionConfig(),
+                 on_event: Optional[Callable[[SegmentEvent], None]] = None) -> None:
         self.config = config
         self.avatar = avatar
         # A model whose audio window starts earlier (mel_offset < 0) needs less audio ahead of each frame.
@@ -76,6 +89,13 @@ class LipSyncSession:
         self.policy = policy_for(config, self.clock, self.lookahead)
         self.metrics = SessionMetrics()
         self._engine = engine
+
+        # Session control: the generation every in-flight message carries, and the speech segments.
+        self._generation = Generation()
+        self._on_event = on_event
+        self._events = DropOldestQueue(self.EVENTS_KEPT)
+        self._segments = Segments(self._event)
+        self._stages: dict[str, Stage] = {}
 
         # The ends of the graph. Input pushed before start() waits in the inboxes.
         self._audio_in, self._video_in = Inbox(), Inbox()
@@ -102,13 +122,14 @@ class LipSyncSession:
         """The stages in the order a frame passes them, and the queues between them."""
         cfg, policy, size = self.config, self.policy, self.config.queue_frames
         if self.avatar is not None:
-            camera, pictures = None, AvatarPictures(self.avatar, cfg.avatar_loop)
+            camera, pictures = None, AvatarPictures(self.avatar, cfg.avatar_loop, cfg.idle_transition)
         else:
             track = Tracker(self._tracker, self._track_pool, self.metrics)
             camera = policy.camera(self._video_in, self.clock, track, policy.ordered_queue(size))
             pictures = CameraPictures(camera)
+        generation = self._generation
         release = ReleaseStage(policy, self.clock, self._timeline, self._video_out, self._audio_out,
-                               pictures.stand_in, self.metrics)
+                               pictures.stand_in, self.metrics, generation, self._segments)
 
         def job_dropped(job: Job) -> None:   # a live job pushed out by newer ones leaves unchanged
             if not isinstance(job, StreamEnd):
@@ -117,16 +138,20 @@ class LipSyncSession:
         windows = policy.ordered_queue(size)
         jobs = policy.droppable_queue(size, job_dropped)
         generated = BackpressureQueue(2)
+        self._framer = MelFramer(self.clock)
+        self._pictures = pictures
         graph = [
-            ("audio", AudioStage(self._audio_in, self._timeline, MelFramer(self.clock), windows, policy)),
+            ("audio", AudioStage(self._audio_in, self._timeline, self._framer, windows, policy, generation,
+                                 self._segments)),
             ("camera", camera),
-            ("picture", PictureStage(windows, pictures, jobs, release, cfg.skip_silence)),
+            ("picture", PictureStage(windows, pictures, jobs, release, cfg.skip_silence, generation, policy)),
             ("infer", InferStage(jobs, model, policy, cfg.batch_size, generated, release, self.metrics,
-                                 self._work_pool)),
-            ("blend", BlendStage(generated, blender, self._work_pool, release, policy, self.metrics)),
+                                 self._work_pool, generation)),
+            ("blend", BlendStage(generated, blender, self._work_pool, release, policy, self.metrics, generation)),
             ("release", release),
         ]
-        return [(name, stage) for name, stage in graph if stage is not None]
+        self._stages = {name: stage for name, stage in graph if stage is not None}
+        return list(self._stages.items())
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -148,20 +173,103 @@ class LipSyncSession:
             raise
         self.clock.start()
         for name, stage in graph:
-            self._tasks.append(self._loop.create_task(self._guard(stage.run()), name=f"lipsync-{name}"))
+            run = self._release_then_end(stage) if name == "release" else stage.run()
+            self._tasks.append(self._loop.create_task(self._guard(run), name=f"lipsync-{name}"))
 
-    def push_audio(self, pcm: np.ndarray, sample_rate: int) -> None:
+    def push_audio(self, pcm: np.ndarray, sample_rate: int, segment: Optional[SegmentId] = None) -> bool:
         """Queue speech (any rate; mono or (n, channels); int16 or float). Never blocks; callable from
-        any thread once started."""
+        any thread once started.
+
+        ``segment``: the reply this audio belongs to (any hashable id; see ``end_of_segment``). A new id
+        ends the segment that was open; audio without one belongs to no segment (and also ends the open
+        one). Audio for a segment that has ended raises; audio for one cut by ``interrupt()`` is dropped
+        (a TTS may still be sending the reply it was told to stop): then this returns False.
+        """
+        self._check_open()
         if self._audio_in.ended:
             raise LipSyncError("push_audio after end_of_input")
         samples = to_mono_float(pcm)
         if int(sample_rate) != sample_rate or sample_rate <= 0:
             raise LipSyncError(f"sample_rate must be a positive integer, got {sample_rate}")
-        self._audio_in.put((samples.copy() if samples is pcm else samples, int(sample_rate), time.monotonic()))
+        generation = self._generation.current
+        if not self._segments.accept(segment):
+            return False
+        self._audio_in.put(AudioPush(samples.copy() if samples is pcm else samples, int(sample_rate),
+                                     time.monotonic(), segment, generation))
+        return True
+
+    def end_of_segment(self, segment: Optional[SegmentId] = None) -> None:
+        """The reply ``segment`` (None: the open one) has no more audio: ``PlaybackFinished`` follows when
+        its last sample is released. Ending a segment that is already over (ended, or cut by an
+        interrupt) does nothing, nor does ending with none open; an id never pushed raises."""
+        self._check_open()
+        ended = self._segments.end(segment)
+        if ended is not None:
+            self._audio_in.put(SegmentEnd(ended, self._generation.current))
+
+    def interrupt(self) -> None:
+        """Barge-in: drop every speech sample, mel window, job and generated frame not yet released.
+
+        From the call, the next released frame shows the idle picture and the released audio is
+        silence; nothing already released is taken back, and audio pushed after the call is kept.
+        Every segment not finished gets ``PlaybackFinished(interrupted=True)`` with the seconds of it
+        that were released. With nothing playing it changes nothing visible. On the event loop the cut
+        is immediate; from another thread, audio pushed before the call is dropped at once and the cut
+        happens at the loop's next turn.
+        """
+        if self._closed:
+            return
+        self._generation.advance()
+        self.metrics.interrupts += 1
+        loop = self._loop
+        if loop is None or not self._tasks:
+            self._cut()                                   # not started: nothing was released
+        elif _on_loop(loop):
+            self._cut()
+        else:
+            loop.call_soon_threadsafe(self._cut)
+
+    async def media(self) -> AsyncIterator[Union[OutputFrame, OutputAudio]]:
+        """Video frames and audio chunks in one stream, in media-time order (a frame before the audio at
+        its time): for a transport fed by one producer, which plays frame i with the audio that starts
+        at t_i. Both leave on one clock, so neither waits for the other for long. Use instead of
+        ``video()`` and ``audio()``, not with them."""
+        queues: list[asyncio.Queue] = [asyncio.Queue(), asyncio.Queue()]
+
+        async def read(iterator: AsyncIterator, queue: asyncio.Queue) -> None:
+            try:
+                async for item in iterator:
+                    queue.put_nowait(item)
+            finally:
+                queue.put_nowait(None)
+
+        readers = [asyncio.ensure_future(read(it, q)) for it, q in zip((self.video(), self.audio()), queues)]
+        try:
+            frame, chunk = await queues[0].get(), await queues[1].get()
+            while frame is not None or chunk is not None:
+                if chunk is None or (frame is not None and frame.time * SAMPLE_RATE <= chunk.pts):
+                    yield frame
+                    frame = await queues[0].get()
+                else:
+                    yield chunk
+                    chunk = await queues[1].get()
+            for reader in readers:
+                reader.result()                          # a stage's error reaches the consumer
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def events(self) -> AsyncIterator[SegmentEvent]:
+        """The segment events as they happen, until the session ends (one consumer; if nobody reads,
+        the oldest of ``EVENTS_KEPT`` go first)."""
+        while not isinstance(item := await self._events.get(), StreamEnd):
+            yield item
+        self._events.close()
 
     def push_video(self, image: np.ndarray, capture_time: Optional[float] = None) -> None:
         """Camera mode: queue one BGR uint8 frame (``capture_time``: its ``time.monotonic()``)."""
+        self._check_open()
         if self.avatar is not None:
             raise LipSyncError("push_video is for camera mode; this session has an avatar")
         if self._video_in.ended:
@@ -197,6 +305,12 @@ class LipSyncSession:
         return self.metrics.snapshot(silence_samples=self._timeline.silence_samples, delay=self.delay,
                                      lookahead=self.lookahead)
 
+    @property
+    def playing(self) -> Optional[SegmentId]:
+        """The segment whose audio is being released now (None: silence or audio without a segment)."""
+        release = self._stages.get("release")
+        return self._segments.segment_at(release.audio_position)[0] if release is not None else None
+
     async def close(self) -> None:
         """Stop everything this session started; idempotent. The iterators end."""
         if self._closed:
@@ -217,6 +331,7 @@ class LipSyncSession:
             self._work_pool.shutdown(wait=True)
         self._video_out.close()
         self._audio_out.close()
+        self._events.close()
 
     async def __aenter__(self) -> "LipSyncSession":
         await self.start()
@@ -228,6 +343,47 @@ class LipSyncSession:
     @property
     def running(self) -> bool:
         return self._started and not self._closed
+
+    # ------------------------------------------------------------------------------------------
+    # Session control
+
+    def _cut(self) -> None:
+        """The interrupt, in one place (on the event loop). The generation has already advanced, so
+        everything in flight is stale wherever it is; this moves the two places that hold unreleased
+        output to the release position: the timeline (audio from there on is gone, the mel stream
+        starts again) and the release stage (waiting frames become idle pictures up to the first frame
+        of the new mel stream)."""
+        if self._closed:
+            return
+        release, audio = self._stages.get("release"), self._stages.get("audio")
+        if release is None:                     # not started: only the pushes in the inbox were dropped
+            self._segments.cut(0)
+            return
+        ended = self._timeline.closed
+        audio.cut(release.audio_position, time.monotonic())
+        self._pictures.interrupt(release.next_index)
+        release.cut(self._framer.next_index, ended=ended)
+        self._segments.cut(release.audio_position)
+
+    def _event(self, event: SegmentEvent) -> None:
+        self._events.put_nowait(event)
+        if self._on_event is not None:
+            # at the loop's next turn, not from inside the stage that raised it: a listener may call
+            # interrupt() or push audio
+            if self._loop is not None and not self._closed:
+                self._loop.call_soon(self._notify, event)
+            else:
+                self._notify(event)
+
+    def _notify(self, event: SegmentEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # noqa: BLE001 - a listener's mistake must not stop the session
+            log.exception("on_event listener failed on %r", event)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LipSyncError("this session is closed; start a new one")
 
     # ------------------------------------------------------------------------------------------
     # Setup and plumbing
@@ -263,6 +419,11 @@ class LipSyncSession:
         self.delay = self.clock.delay = self.lookahead + self.overhead
         return model, blender
 
+    async def _release_then_end(self, release: ReleaseStage) -> None:
+        """The release stage's run; when the last frame and sample have left, ``events()`` ends too."""
+        await release.run()
+        self._events.close()
+
     async def _guard(self, coro) -> None:
         """A stage that fails ends the session (the iterators re-raise its error); cancelling is quiet."""
         try:
@@ -274,3 +435,10 @@ class LipSyncSession:
             if self._error is None:
                 self._error = e
             self._loop.create_task(self.close())
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

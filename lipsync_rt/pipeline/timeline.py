@@ -2,10 +2,12 @@
 
 :class:`Timeline` holds the 16 kHz samples between being written (pushed audio, or silence put in
 for audio that did not come in time) and being released to the sinks, and remembers where the
-filled-in silence lies: the unreleased audio of a session is exactly ``[released, end)`` here.
+filled-in silence lies: the unreleased audio of a session is exactly ``[released, end)`` here, and an
+interrupt is :meth:`Timeline.cut` at the release position.
 :class:`MelFramer` turns the same samples into one 80x16 window per video frame with
 ``StreamingMel``, with exactly ``audio.mel_chunks``'s frame count and windows, including its final
-window clamped to the last 16 columns.
+window clamped to the last 16 columns; after a cut, :meth:`MelFramer.restart` starts a new mel stream
+where the new audio begins, and the frames in between read silence.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Timeline:
     def __init__(self) -> None:
         self.end = 0
         self.closed = False
+        self.floor = 0              # where the audio of the last cut stops: before it, windows hear nothing
         self.silence_samples = 0
         self._chunks: deque[tuple[int, np.ndarray]] = deque()   # (start, samples)
         self._silence: list[list[int]] = []                       # merged [start, stop) intervals
@@ -69,9 +72,33 @@ class Timeline:
                 return a + chunk.size
         return self.end
 
+    def cut(self, position: int) -> None:
+        """Forget everything written from ``position`` on (an interrupt at the release position); what
+        comes next is written from there. Audio before ``position`` counts as silence to
+        :meth:`is_silence` from now on: the speech it belonged to is over."""
+        position = min(max(position, self.floor), self.end)
+        while self._chunks and self._chunks[-1][0] >= position:
+            self._chunks.pop()
+        if self._chunks:
+            a, chunk = self._chunks[-1]
+            if a + chunk.size > position:
+                self._chunks[-1] = (a, chunk[:position - a])
+        kept = []
+        for a, b in self._silence:
+            if a < position:
+                kept.append([a, min(b, position)])
+            if b > position:                      # filled silence that will never leave
+                self.silence_samples -= b - max(a, position)
+        self._silence = kept
+        self.end = self.floor = position
+        self._changed.set()
+
     def is_silence(self, start: int, stop: int) -> bool:
-        """True when [start, stop) lies inside one stretch of filled-in silence (clipped to the stream)."""
-        start, stop = max(start, 0), min(stop, self.end)     # the stream's ends mirror what is inside
+        """True when [start, stop) lies inside one stretch of filled-in silence (clipped to the stream,
+        which starts again at the last cut)."""
+        start, stop = max(start, 0, self.floor), min(stop, self.end)   # the stream's ends mirror what is inside
+        if stop <= start:       # wholly before the last cut
+            return True
         for a, b in reversed(self._silence):
             if a <= start and stop <= b:
                 return True
@@ -116,6 +143,17 @@ class MelFramer:
     def push(self, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
         return self._add(self._mel.push(samples), final=False)
 
+    def restart(self, position: int) -> int:
+        """Start a new mel stream at the first column centre at or after sample ``position`` (after a
+        cut: the audio before it is over). Frames go on from ``next_index``; the columns their windows
+        would take from before the new stream are silence. Returns the new stream's first sample,
+        which the caller writes next (the gap from ``position`` is silence)."""
+        first = -(-position // HOP)
+        self._mel = StreamingMel()
+        self._cols = np.zeros((N_MELS, 0), np.float32)
+        self._base = first
+        return first * HOP
+
     def flush(self) -> list[tuple[int, np.ndarray]]:
         """End of stream: the remaining windows, then ``mel_chunks``'s final clamped window."""
         return self._add(self._mel.flush(), final=True)
@@ -146,6 +184,10 @@ class MelFramer:
         return out
 
     def _window(self, start: int) -> np.ndarray:
-        if start < 0:       # a model that reads before the stream's start hears silence there
-            return np.concatenate((np.full((N_MELS, -start), MEL_SILENCE, np.float32), self._cols[:, :MEL_STEP + start]), axis=1)
+        # A model that reads before the stream's start (mel_offset < 0), or a frame whose window began
+        # before a restart, hears silence there. Only then is start < _base (the first column kept).
+        missing = self._base - start
+        if missing > 0:
+            return np.concatenate((np.full((N_MELS, min(missing, MEL_STEP)), MEL_SILENCE, np.float32),
+                                   self._cols[:, :max(0, MEL_STEP - missing)]), axis=1)
         return np.ascontiguousarray(self._cols[:, start - self._base:start - self._base + MEL_STEP])

@@ -261,12 +261,14 @@ async def listening(server: LipSyncServer, host: str = "127.0.0.1", port: int = 
 
 async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str, Path], config: ServerConfig, *, fps: float = 25.0,
                         blend: str = "feather", max_batch: int = 16, overhead_ms: Optional[float] = None,
-                        ready: Optional[Callable[[str], None]] = None) -> None:
-    """Prepare the avatars, start the server, print its address, and run until cancelled (Ctrl-C)."""
+                        ready: Optional[Callable[[str], None]] = None,
+                        idle_paths: Optional[dict[str, Path]] = None) -> None:
+    """Prepare the avatars (with their idle clips), start the server, print its address, and run until
+    cancelled (Ctrl-C)."""
     from ..pipeline import SessionConfig
     from .avatars import prepare_avatars
 
-    avatars = await prepare_avatars(avatar_paths, engine, fps=fps)
+    avatars = await prepare_avatars(avatar_paths, engine, fps=fps, idle=idle_paths)
     server = LipSyncServer(engine, avatars, config, session_config=SessionConfig(fps=fps, blend=blend, overhead_ms=overhead_ms),
                            max_batch=max_batch)
     runner = web.AppRunner(server.app(), access_log=None)

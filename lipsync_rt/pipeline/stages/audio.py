@@ -7,41 +7,71 @@ as soon as its last column is final. A live session's clock does not wait for sp
 not come ``audio_grace_ms`` after it was due is written as silence (the policy says how much is due,
 checked every ``policy.tick`` seconds and at every push), and speech that comes later is appended
 after it. Windows lying wholly in such silence are marked idle.
+
+Segments: each push names its segment (or none); the stage tells the ledger where the segment's
+samples land, and closes a segment (its resampler flushed, so its last samples are written) at its
+``end_of_segment`` or when audio of another segment comes. Interrupts: every push carries the
+generation it was made in; a push made before an ``interrupt()`` is dropped, also half-way through
+writing it, and :meth:`AudioStage.cut` (called by the session's interrupt) moves the timeline and the
+framer to the cut.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Hashable, Optional
 
 import numpy as np
 
-from ..messages import MelWindow
+from ..messages import Generation, MelWindow
 from ..pcm import Resampler
 from ..queues import Inbox, Queue, StreamEnd
 from ..timeline import MelFramer, Timeline
 
 if TYPE_CHECKING:
     from ..policy import Policy
+    from ..segments import Segments
 
 TICK = object()     # the live clock's prompt to check for audio that is overdue
 _PIECE = 1600       # samples per StreamingMel push (100 ms): keeps each loop step short
 
 
+@dataclass(frozen=True, eq=False)
+class AudioPush:
+    """Speech as pushed: float32 mono ``samples`` at ``rate``, ``arrival`` its ``time.monotonic()``."""
+
+    samples: np.ndarray
+    rate: int
+    arrival: float
+    segment: Optional[Hashable]
+    generation: int
+
+
+@dataclass(frozen=True)
+class SegmentEnd:
+    """``end_of_segment(segment)`` as it reaches the stage, in order with the pushes."""
+
+    segment: Hashable
+    generation: int
+
+
 class AudioStage:
-    """``inbox`` items: ``(samples float32, rate, arrival)`` then END; out: MelWindow, then StreamEnd(frames).
+    """``inbox``: AudioPush and SegmentEnd items, then END; out: MelWindow, then StreamEnd(frames)."""
 
-    ``generation`` stamps every window: the number of the speech it belongs to (see ``messages``).
-    """
-
-    def __init__(self, inbox: Inbox, timeline: Timeline, framer: MelFramer, windows: Queue, policy: "Policy") -> None:
-        self.generation = 0
+    def __init__(self, inbox: Inbox, timeline: Timeline, framer: MelFramer, windows: Queue, policy: "Policy",
+                 generation: Generation, segments: "Segments") -> None:
         self._inbox = inbox
         self._timeline = timeline
         self._framer = framer
         self._windows = windows
         self._policy = policy
+        self._generation = generation
+        self._segments = segments
+        self._resampler: Optional[Resampler] = None
+        self._segment: Optional[Hashable] = None      # the segment being written (timeline side)
+        self.samples_dropped = 0                      # pushed before an interrupt, never written
 
     async def run(self) -> None:
         ticker = asyncio.ensure_future(self._tick()) if self._policy.tick else None
@@ -52,57 +82,102 @@ class AudioStage:
                 ticker.cancel()
                 await asyncio.gather(ticker, return_exceptions=True)
 
+    def cut(self, position: int, now: float) -> None:
+        """An interrupt: drop the timeline from ``position`` (the release position) on, and start the mel
+        stream again where new speech would be written (live: what the clock says is due, so the next
+        reply gets the whole delay D to be lip-synced; offline: at ``position``). The gap is silence.
+        Synchronous, on the event loop, so nothing is written in between."""
+        due = self._policy.samples_due(now)
+        start = self._framer.restart(max(position, due if due is not None else position))
+        self._timeline.cut(position)
+        if start > position:
+            self._timeline.append(np.zeros(start - position, np.float32), silence=True)
+        self._resampler, self._segment = None, None
+
     async def _tick(self) -> None:
         while not self._inbox.ended:
             await asyncio.sleep(self._policy.tick)
             self._inbox.put(TICK)
 
     async def _consume(self) -> None:
-        resampler: Optional[Resampler] = None
         while True:
             item = await self._inbox.get()
             if item is TICK:
                 if not self._inbox.ended:
-                    await self._fill_silence(time.monotonic())
-                continue
-            if isinstance(item, StreamEnd):
-                now = time.monotonic()
-                if resampler is not None:
-                    await self._write(resampler.flush(), now)
-                await self._emit(self._framer.flush(), now)
-                self._timeline.close()
-                await self._windows.end(StreamEnd(frames=self._framer.next_index))
+                    await self._fill_silence(time.monotonic(), self._generation.current)
+            elif isinstance(item, StreamEnd):
+                await self._finish()
                 return
-            samples, rate, arrival = item
-            if resampler is None or resampler.rate != rate:
-                if resampler is not None:
-                    await self._write(resampler.flush(), arrival)
-                resampler = Resampler(rate)
-            samples = resampler(samples)
-            # Audio that comes after a gap is taken as captured just before it arrived.
-            await self._fill_silence(arrival, coming=samples.size)
-            await self._write(samples, arrival)
+            elif isinstance(item, SegmentEnd):
+                if not self._generation.stale(item.generation) and item.segment == self._segment:
+                    await self._close_segment(time.monotonic(), item.generation)
+            elif self._generation.stale(item.generation):
+                self.samples_dropped += item.samples.size
+            else:
+                await self._push(item)
 
-    async def _fill_silence(self, now: float, coming: int = 0) -> None:
+    async def _push(self, item: AudioPush) -> None:
+        live = lambda: not self._generation.stale(item.generation)   # noqa: E731 - re-checked after each await
+        if item.segment != self._segment:
+            await self._close_segment(item.arrival, item.generation)
+            if not live():
+                return
+            self._segment = item.segment
+        if self._resampler is not None and self._resampler.rate != item.rate:
+            await self._write(self._resampler.flush(), item.arrival, item.generation, self._segment)
+            self._resampler = None
+        if not live():
+            return
+        if self._resampler is None:
+            self._resampler = Resampler(item.rate)
+        samples = self._resampler(item.samples)
+        # Audio that comes after a gap is taken as captured just before it arrived.
+        await self._fill_silence(item.arrival, item.generation, coming=samples.size)
+        await self._write(samples, item.arrival, item.generation, self._segment)
+
+    async def _close_segment(self, now: float, generation: int) -> None:
+        """What was pushed so far is complete: the resampler's tail is written, and the open segment
+        (if any) is closed in the ledger. A new segment starts with a fresh resampler."""
+        segment, resampler = self._segment, self._resampler
+        self._resampler = None
+        if resampler is not None:
+            await self._write(resampler.flush(), now, generation, segment)
+        if segment is not None and not self._generation.stale(generation):
+            self._segments.close(segment, self._timeline.end)
+            self._segment = None
+
+    async def _finish(self) -> None:
+        now, generation = time.monotonic(), self._generation.current
+        await self._close_segment(now, generation)
+        await self._emit(self._framer.flush(), now, generation)
+        self._timeline.close()
+        await self._windows.end(StreamEnd(frames=self._framer.next_index))
+
+    async def _fill_silence(self, now: float, generation: int, coming: int = 0) -> None:
         """Write silence up to what the clock says is due at ``now``, less ``coming`` samples in hand."""
         due = self._policy.samples_due(now)
         if due is not None:
             gap = due - coming - self._timeline.end
             if gap > 0:
-                await self._write(np.zeros(gap, np.float32), now, silence=True)
+                await self._write(np.zeros(gap, np.float32), now, generation, silence=True)
 
-    async def _write(self, samples: np.ndarray, arrival: float, silence: bool = False) -> None:
-        for a in range(0, max(samples.size, 1), _PIECE):
-            piece = samples[a:a + _PIECE]
-            if piece.size == 0:
+    async def _write(self, samples: np.ndarray, arrival: float, generation: int,
+                     segment: Optional[Hashable] = None, silence: bool = False) -> None:
+        for a in range(0, samples.size, _PIECE):
+            if self._generation.stale(generation):      # interrupted while this was being written
+                self.samples_dropped += samples.size - a
                 return
-            self._timeline.append(piece, silence)
-            await self._emit(self._framer.push(piece.astype(np.float32, copy=False)), arrival)
+            piece = samples[a:a + _PIECE]
+            start = self._timeline.append(piece, silence)
+            if segment is not None:
+                self._segments.wrote(segment, start, start + piece.size)
+            await self._emit(self._framer.push(piece.astype(np.float32, copy=False)), arrival, generation)
             if samples.size > _PIECE:
                 await asyncio.sleep(0)
 
-    async def _emit(self, windows: list[tuple[int, np.ndarray]], arrival: float) -> None:
+    async def _emit(self, windows: list[tuple[int, np.ndarray]], arrival: float, generation: int) -> None:
         stamp = self._policy.stamp(arrival)
-        for index, window in windows:
-            idle = self._timeline.is_silence(*self._framer.window_samples(index))
-            await self._windows.put(MelWindow(index, window, stamp, idle, self.generation))
+        # decided now, not after the awaits below: a cut may change the timeline meanwhile
+        idle = [self._timeline.is_silence(*self._framer.window_samples(index)) for index, _ in windows]
+        for (index, window), quiet in zip(windows, idle):
+            await self._windows.put(MelWindow(index, window, stamp, quiet, generation))

@@ -1,7 +1,8 @@
 """Blend: generated 96x96 faces pasted back into their pictures -> finished frames for release.
 
 The paste (feathered lower-face mask with colour matching, or the reference's hard paste) runs in a
-worker thread; each finished frame goes to the release stage, which keeps it until its slot.
+worker thread; each finished frame goes to the release stage, which keeps it until its slot. Faces
+of an interrupted speech are not pasted.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from ..messages import FrameResult, GeneratedFaces
+from ..messages import FrameResult, GeneratedFaces, Generation
 from ..metrics import SessionMetrics
 from ..queues import Queue, StreamEnd
 
@@ -26,13 +27,20 @@ if TYPE_CHECKING:
 
 class BlendStage:
     def __init__(self, generated: Queue, blender: "Blender", pool: concurrent.futures.Executor,
-                 release: "ReleaseStage", policy: "Policy", metrics: SessionMetrics) -> None:
+                 release: "ReleaseStage", policy: "Policy", metrics: SessionMetrics,
+                 generation: Optional[Generation] = None) -> None:
         self._generated, self._blender, self._pool = generated, blender, pool
         self._release, self._policy, self._metrics = release, policy, metrics
+        self._generation = generation or release.generation
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while not isinstance(batch := await self._generated.get(), StreamEnd):
+            current = [k for k, job in enumerate(batch.jobs) if not self._generation.stale(job.generation)]
+            if not current:
+                continue
+            if len(current) < len(batch.jobs):
+                batch = GeneratedFaces([batch.jobs[k] for k in current], batch.faces[current])
             started = time.perf_counter()
             images = await loop.run_in_executor(self._pool, self._paste, batch)
             self._metrics.record("blend", started)

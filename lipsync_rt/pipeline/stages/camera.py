@@ -112,26 +112,50 @@ Camera = Union[LiveCamera, OfflineCamera]
 
 
 class CameraPictures:
-    """Picture i of a camera, read in frame order by the picture stage."""
+    """Picture i of a camera, read in frame order by the picture stage.
+
+    The camera makes exactly one picture per frame index, in order; indices the picture stage skips
+    (windows of an interrupted speech) have their pictures read and kept aside, so picture i is always
+    camera picture i, and the last few are kept for :meth:`stand_in`.
+    """
+
+    _RECENT = 64
 
     def __init__(self, camera: Camera) -> None:
         self._camera = camera
         self._last: Optional[SourceFrame] = None
         self._ended = False
+        self._next = 0                                      # index of the camera's next picture
+        self._recent: dict[int, SourceFrame] = {}
 
-    async def picture(self, index: int) -> Optional[SourceFrame]:
+    async def picture(self, index: int, idle: bool = False) -> Optional[SourceFrame]:
+        frame = None
+        while self._next <= index:
+            frame = await self._read(self._next)
+            self._next += 1
+        return frame
+
+    async def _read(self, index: int) -> Optional[SourceFrame]:
         if not self._ended:
             frame = await self._camera.pictures.get()
             if not isinstance(frame, StreamEnd):
-                self._last = frame if frame is not None else self._last
+                if frame is not None:
+                    self._last = frame
+                    self._recent[index] = frame
+                    self._recent.pop(index - self._RECENT, None)
                 return frame
             self._ended = True
         last = self._last
         return None if last is None else SourceFrame(index, last.image, last.track, last.capture_time)
 
     def stand_in(self, index: int) -> Optional[SourceFrame]:
-        """Nothing to show for a frame that never reached the release stage: its slot is skipped."""
-        return None
+        """A picture already read for ``index`` passes through unchanged; otherwise nothing to show (the
+        slot is skipped)."""
+        frame = self._recent.get(index)
+        return None if frame is None else SourceFrame(index, frame.image, None, frame.capture_time)
+
+    def interrupt(self, index: int) -> None:
+        """Camera pictures are their own idle pictures: nothing changes."""
 
     def finish(self, frames: int) -> None:
         self._camera.stop_at(frames)

@@ -4,7 +4,8 @@ Batches are the policy's: live, whatever jobs are waiting (never wait for more, 
 offline, the jobs of one block of ``batch_size`` frame indices, exactly as the reference batches them
 (a convolution's float result depends on the batch, so this is what keeps the output bit-exact). A
 live job already past its release time is dropped before it costs an engine call. A failing batch
-passes its frames through unchanged and is counted; the stream goes on.
+passes its frames through unchanged and is counted; the stream goes on. Jobs of an interrupted
+speech (a stale generation) are dropped before the engine call, so a barge-in costs no engine time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from lipsync_rt.lipsync import crop_face, face_input, mel_input
 
 from ..avatar import Avatar
-from ..messages import DROPPED, ERROR, FaceBatch, FrameResult, GeneratedFaces, Job
+from ..messages import DROPPED, ERROR, FaceBatch, FrameResult, GeneratedFaces, Generation, Job
 from ..metrics import SessionMetrics
 from ..queues import Queue, StreamEnd
 
@@ -70,8 +71,10 @@ class LipSyncModel:
 
 class InferStage:
     def __init__(self, jobs: Queue, model: LipSyncModel, policy: "Policy", batch_size: int, generated: Queue,
-                 release: "ReleaseStage", metrics: SessionMetrics, pool: concurrent.futures.Executor) -> None:
+                 release: "ReleaseStage", metrics: SessionMetrics, pool: concurrent.futures.Executor,
+                 generation: Optional[Generation] = None) -> None:
         self._jobs, self._model, self._policy = jobs, model, policy
+        self._generation = generation or release.generation
         self._size = batch_size
         self._generated, self._release, self._metrics, self._pool = generated, release, metrics, pool
         self._held: object = None      # read ahead of a batch: the next one's first job, or the end
@@ -103,6 +106,8 @@ class InferStage:
         now = time.monotonic()
         kept = []
         for job in batch:
+            if self._generation.stale(job.generation):
+                continue
             if self._policy.is_late(job.index, now):
                 self._release.submit(FrameResult.passed_through(job.frame, DROPPED, job.generation))
             else:

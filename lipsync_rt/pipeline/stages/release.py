@@ -3,8 +3,12 @@
 Every frame the graph has settled but not yet released waits in this stage, keyed by its index: a
 finished frame, a picture passed through, or the stand-in a job left behind (``PENDING``). Together
 with the timeline's unreleased audio ``[released, end)`` this is everything a session holds that has
-not gone out, which is what a barge-in has to discard; :meth:`ReleaseStage.submit` already lets
-through only the current ``generation``.
+not gone out, which is what a barge-in discards: :meth:`ReleaseStage.submit` lets through only the
+current generation, and :meth:`ReleaseStage.cut` replaces whatever waits with idle pictures. What has
+left is never taken back: ``next_index`` and ``audio_position`` only move forwards.
+
+Audio leaves in chunks that never span two speech segments; each chunk says which segment it
+belongs to and carries the segment events it caused (``segments.py``).
 
 When each slot leaves is the policy's (its pacer): live, frame i at T0 + t_i + D and audio sample s
 at T0 + s/16000 + D, with whatever is there at that moment (a stand-in leaves as a drop); offline,
@@ -21,9 +25,10 @@ from typing import TYPE_CHECKING, Callable, Optional
 from lipsync_rt.audio import SAMPLE_RATE
 
 from ..clock import MediaClock
-from ..messages import DROPPED, FrameResult, OutputAudio, OutputFrame, SourceFrame
+from ..messages import DROPPED, IDLE, FrameResult, Generation, OutputAudio, OutputFrame, SourceFrame
 from ..metrics import SessionMetrics
 from ..queues import Queue
+from ..segments import Segments
 from ..timeline import Timeline
 
 if TYPE_CHECKING:
@@ -38,10 +43,14 @@ class ReleaseStage:
     """
 
     def __init__(self, policy: "Policy", clock: MediaClock, timeline: Timeline, video_out: Queue,
-                 audio_out: Queue, stand_in: Callable[[int], Optional[SourceFrame]], metrics: SessionMetrics) -> None:
-        self.generation = 0
+                 audio_out: Queue, stand_in: Callable[[int], Optional[SourceFrame]], metrics: SessionMetrics,
+                 generation: Optional[Generation] = None, segments: Optional[Segments] = None) -> None:
+        self.generation = generation or Generation()
+        self.segments = segments or Segments(lambda event: None)
         self.next_index = 0                 # frames before this one have left
+        self.audio_position = 0             # audio before this sample has left
         self.frames: Optional[int] = None   # how many frames the stream has, once its audio ended
+        self._end_at: Optional[int] = None  # an interrupt after the end of input ends the stream there
         self._policy, self._clock, self._timeline = policy, clock, timeline
         self._video_out, self._audio_out = video_out, audio_out
         self._stand_in = stand_in
@@ -53,14 +62,29 @@ class ReleaseStage:
 
     def submit(self, result: FrameResult) -> None:
         """Settle frame ``result.index`` (replacing its stand-in); too late or stale results are ignored."""
-        if result.index < self.next_index or result.generation != self.generation:
+        if result.index < self.next_index or self.generation.stale(result.generation):
             return
         self._waiting[result.index] = result
         self._changed.set()
 
     def finish(self, frames: int) -> None:
         """The stream has ``frames`` frames; release ends after the last one."""
-        self.frames = frames
+        self.frames = frames if self._end_at is None else min(frames, self._end_at)
+        self._changed.set()
+
+    def cut(self, until: int, ended: bool = False) -> None:
+        """An interrupt: drop every frame waiting here; frames from ``next_index`` to ``until`` (those
+        whose windows the interrupted speech already made) show their idle stand-in. Frames from
+        ``until`` on come from the new generation. ``ended``: no input was coming any more (after
+        ``end_of_input``), so the stream ends here instead."""
+        self._waiting.clear()
+        if ended:
+            self._end_at = until = self.next_index
+            self.finish(self.frames if self.frames is not None else until)
+        for index in range(self.next_index, until):
+            frame = self._stand_in(index)
+            if frame is not None:
+                self._waiting[index] = FrameResult.passed_through(frame, IDLE, self.generation.current)
         self._changed.set()
 
     def held(self, index: int) -> Optional[FrameResult]:
@@ -103,17 +127,22 @@ class ReleaseStage:
 
     async def _emit(self, result: FrameResult) -> None:
         self._metrics.released(result, time.monotonic())
-        frame = OutputFrame(result.image, result.index, self._clock.time_base, result.generated, result.capture_time)
+        frame = OutputFrame(result.image, result.index, self._clock.time_base, result.generated, result.capture_time,
+                            result.reason == IDLE)
         await self._video_out.put(frame)    # live: never waits (drops the oldest); offline: backpressure
 
     def _ended_before(self, index: int) -> bool:
         return self.frames is not None and index >= self.frames
 
     async def _release_audio(self) -> None:
-        pos = 0
-        while (stop := await self._policy.audio_slot(pos, self._timeline)) > pos:
-            self._audio_out.put_nowait(OutputAudio(self._timeline.read(pos, stop), pos, SAMPLE_RATE))
+        while (stop := await self._policy.audio_slot(self.audio_position, self._timeline)) > self.audio_position:
+            pos = self.audio_position
+            segment, before, boundary = self.segments.segment_at(pos)
+            stop = min(stop, boundary)
+            self.segments.released(stop)
+            self._audio_out.put_nowait(OutputAudio(self._timeline.read(pos, stop), pos, SAMPLE_RATE, segment,
+                                                   before, self.segments.take_inband()))
             self._metrics.audio_samples_out += stop - pos
-            pos = stop
-            self._timeline.discard_before(pos)
+            self.audio_position = stop
+            self._timeline.discard_before(stop)
         await self._audio_out.end()
