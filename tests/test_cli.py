@@ -130,3 +130,11 @@ def test_silence_via_cli(tmp_path, generator_checkpoint):
     argv = ["infer", "--quiet", "--checkpoint_path", str(generator_checkpoint), "--face", str(EXAMPLE_FACE),
             "--audio", str(silence), "--outfile", str(out)]
     assert main(argv) == 0 and out.is_file()
+
+
+@pytest.mark.parametrize("value", ["3", "-0.5", "lots"])
+def test_detail_outside_zero_to_one_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", "--face", "f.jpg", "--audio", "a.wav", "--detail", value])
+    assert exit_info.value.code == 2
+    assert "--detail: expected a number from 0 to 1" in capsys.readouterr().err

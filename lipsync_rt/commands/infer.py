@@ -9,7 +9,7 @@ from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
 DESCRIPTION = (
     "Lip-sync a face video or photo to any audio (wav, mp3, m4a, or the audio of a video) and write "
     "an mp4 (H.264 + AAC). The options are those of Wav2Lip's inference.py, with the same names and "
-    "defaults, plus --device and --blend."
+    "defaults, plus --device, --blend, --detail and --engine."
 )
 EPILOG = """\
 examples:
@@ -27,6 +27,16 @@ def _truthy(text: str) -> bool:
     if value in ("0", "false", "no", "off", "n", "f", ""):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blend", choices=("feather", "none"), default="feather",
                    help="feather: soft lower-face mask with colour matching (default); none: the reference's "
                    "hard rectangular paste, for comparisons")
+    p.add_argument("--detail", type=_fraction, default=1.0,
+                   help="feather only: put back the frame's own fine detail (skin, lip lines) that a 96x96 model "
+                   "cannot draw, wherever the model kept the face as it was; 0 shows the model's own pixels "
+                   "(default: %(default)s)")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE,
                    help=f"{ENGINE_HELP} (with --blend none and the same face boxes, the whole frames are "
                    "inference.py's) (default: %(default)s)")
@@ -81,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         nosmooth=args.nosmooth,
         device=args.device,
         blend=args.blend,
+        detail=args.detail,
         engine=args.engine,
     )
     report = run_inference(options, progress=not args.quiet)

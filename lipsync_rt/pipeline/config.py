@@ -28,6 +28,8 @@ class SessionConfig:
     ``avatar_loop``: ``"loop"`` (frame i uses avatar frame i mod N, as ``infer``) or ``"pingpong"``
     (forwards then backwards, no jump at the end of the clip).
     ``encoder_cache``: avatar mode with a SplitEngine reuses the avatar's face-encoder features.
+    ``detail``: with ``blend="feather"``, how much of the frame's own fine detail goes back where the
+    generator kept the face as it was (``lipsync_rt.blend``; 0 shows the model's own pixels).
     ``idle_transition``: for an avatar with an idle clip, how a change between the idle clip and the
     speaking frames is made: ``"nearest"`` (the new clip starts at its frame nearest to the picture
     it replaces) or ``"cut"`` (each clip shows the frame its own loop is at: a jump; for comparison).
@@ -37,6 +39,7 @@ class SessionConfig:
     live: bool = True
     batch_size: int = 4
     blend: str = "feather"
+    detail: float = 1.0
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)
     overhead_ms: float | None = None
     audio_grace_ms: float = 20.0

@@ -396,7 +396,7 @@ class LipSyncSession:
 
         cfg = self.config
         try:
-            blender = Blender(cfg.blend, cache_size=max(16, len(self.avatar) if self.avatar else 16))
+            blender = Blender(cfg.blend, detail=cfg.detail, cache_size=max(16, len(self.avatar) if self.avatar else 16))
         except ValueError as e:
             raise LipSyncError(str(e)) from None
         if isinstance(self._engine, MicroBatcher):
