@@ -34,6 +34,7 @@ demo: install
 	$(BIN)/lipsync-rt infer --face examples/face.jpg --audio examples/speech.wav --outfile results/demo.mp4
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # Every benchmark measures its own baseline in the same run; results and plots land in benchmarks/.

@@ -57,7 +57,7 @@ CONNECTED = "window.lipsync && window.lipsync.stats && window.lipsync.stats.vide
 
 
 def test_page_in_headless_chromium_gets_lip_synced_video_and_audio(engine, avatar, camera_frame,  # noqa: F811
-                                                                   speech_samples, tmp_path, artifacts):
+                                                                   speech_samples, tmp_path, artifacts):  # noqa: F811
     from playwright.async_api import async_playwright
 
     video = write_y4m(tmp_path / "face.y4m", [camera_frame] * 25)

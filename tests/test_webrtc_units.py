@@ -19,7 +19,8 @@ from lipsync_rt.webrtc import HTTPRefusal, ServerConfig, ServerMetrics, parse_av
 from lipsync_rt.webrtc.limits import check_size, check_token
 from lipsync_rt.webrtc.tracks import MediaClock, SessionAudioTrack, SessionVideoTrack, read_video_newest
 
-GOOD_SDP = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+GOOD_SDP = ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n")
 
 
 async def _iterate(items):

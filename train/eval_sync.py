@@ -154,7 +154,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
     p.add_argument("--samples", type=int, default=1024, help="fixed samples for the losses")
     p.add_argument("--offsync_windows", type=int, default=512, help="windows for the off-sync accuracy (0: skip)")
     p.add_argument("--min_offset", type=int, default=MIN_OFFSET, help="expert negatives' minimum offset")
-    p.add_argument("--expert_bn", choices=("eval", "train"), default="eval", help="expert BatchNorm mode for the generator's sync loss")
+    p.add_argument("--expert_bn", choices=("eval", "train"), default="eval",
+                   help="expert BatchNorm mode for the generator's sync loss")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seed", type=int, default=1234, help="chooses the fixed samples")
     p.add_argument("--num_workers", type=int, default=2)
@@ -169,7 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
         return common.make_loader(dataset, common.shard_batches(len(dataset), args.batch_size, d), args.num_workers, d.device)
 
     out: dict[str, float] = {"clips": len(corpus)}
-    out.update({f"expert_{k}": v for k, v in expert_eval(expert, loader(SyncDataset(corpus, args.samples, args.seed, args.min_offset)), d).items()})
+    sync_samples = SyncDataset(corpus, args.samples, args.seed, args.min_offset)
+    out.update({f"expert_{k}": v for k, v in expert_eval(expert, loader(sync_samples), d).items()})
     if args.offsync_windows > 0:
         pairs = offsync_pairs(corpus, args.offsync_windows, MAX_SHIFT, args.seed)
         if pairs:

@@ -299,7 +299,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             if d.is_main:
                 common.plot_metrics(metrics.read(), out_dir / "loss.png", [
                     ("L1", [("train", "l1", "train"), ("eval", "l1", "eval"), ("eval", "l1_copy_ref", "eval: copy reference")]),
-                    ("sync loss (expert BCE)", [("train", "sync", "train"), ("eval", "sync", "eval"), ("eval", "sync_gt", "eval: ground truth")]),
+                    ("sync loss (expert BCE)", [("train", "sync", "train"), ("eval", "sync", "eval"),
+                                                ("eval", "sync_gt", "eval: ground truth")]),
                     *([("discriminator", [("train", "adv", "G adversarial"), ("train", "disc", "D loss")])] if cfg.hq else []),
                 ])
             tick = time.perf_counter()

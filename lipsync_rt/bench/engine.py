@@ -488,7 +488,8 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(payload: dict[str, Any]) -> str:
     peak = payload.get("peak_tflops")
-    head = f"{'backend':<14}{'batch':>6}{'frames/s':>11}{'vs eager':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'ms/frame':>10}"
+    head = (f"{'backend':<14}{'batch':>6}{'frames/s':>11}{'vs eager':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
+            f"{'ms/frame':>10}")
     head += f"{'TFLOPS':>9}" + (f"{'% peak':>8}" if peak else "")
     lines = ["", head, "-" * len(head)]
     for r in payload["results"]:

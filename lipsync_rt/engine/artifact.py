@@ -4,8 +4,8 @@ An artifact is named after its checkpoint and precision, ``<checkpoint stem>-<sh
 ``.fp32.onnx`` (kind onnx), ``.int8.onnx`` (int8), ``.fp16.plan`` (tensorrt). The onnx kinds add the
 split graphs ``<...>.encoder.onnx`` and ``<...>.decoder.onnx`` for avatar mode. Next to it,
 ``<...>.json`` holds the metadata: checkpoint hash, precision, shapes, batch range, library versions,
-the checkpoint's ``mel_offset``, and the sha256 of every file. The metadata is written last and removed first, so an interrupted build
-never leaves an artifact that looks complete.
+the checkpoint's ``mel_offset``, and the sha256 of every file. The metadata is written last and removed
+first, so an interrupted build never leaves an artifact that looks complete.
 
 Loading checks everything the metadata promises and refuses, with one line saying why, an engine
 built from another checkpoint, by another runtime version, or whose files were changed or cut short.
@@ -231,7 +231,8 @@ def check_metadata(
             raise LipSyncError(f"{name}: its {role} file {path.name} is missing; rebuild the engine")
         size = path.stat().st_size
         if size != entry["bytes"]:
-            raise LipSyncError(f"{path.name} is truncated or changed ({size} bytes, built as {entry['bytes']}); rebuild the engine")
+            raise LipSyncError(f"{path.name} is truncated or changed ({size} bytes, built as {entry['bytes']}); "
+                               "rebuild the engine")
         if file_sha256(path) != entry["sha256"]:
             raise LipSyncError(f"{path.name} was changed since it was built (sha256 differs); rebuild the engine")
 
@@ -277,7 +278,8 @@ def _feature_shapes(model) -> dict[str, list[int]]:
     return {f"f{i}": [-1] + list(f.shape[1:]) for i, f in enumerate(feats)}
 
 
-def _build_onnx(model, kind: str, scratch: Path, stem: str, calibration: Optional[str], progress: bool) -> tuple[dict[str, Path], Optional[str]]:
+def _build_onnx(model, kind: str, scratch: Path, stem: str, calibration: Optional[str],
+                progress: bool) -> tuple[dict[str, Path], Optional[str]]:
     """Export (and for int8, calibrate and quantize) the whole, encoder and decoder graphs into ``scratch``."""
     from tqdm import tqdm
 

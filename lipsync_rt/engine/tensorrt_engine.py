@@ -176,7 +176,8 @@ def build_tensorrt_plan(
         tensor = network.get_input(i)
         row = tuple(tensor.shape)[1:]
         if any(d < 0 for d in row):
-            raise LipSyncError(f"input {tensor.name!r} of {onnx_path} has a dynamic axis besides the batch: {tuple(tensor.shape)}")
+            raise LipSyncError(f"input {tensor.name!r} of {onnx_path} has a dynamic axis besides the batch: "
+                               f"{tuple(tensor.shape)}")
         profile.set_shape(tensor.name, (min_batch, *row), (opt_batch, *row), (max_batch, *row))
     config.add_optimization_profile(profile)
 
@@ -283,7 +284,8 @@ class TensorRTEngine:
         batch = int(mel.shape[0])
         for name, array in arrays.items():
             if tuple(array.shape) != (batch, *self._rows[name]):
-                raise ValueError(f"infer: {name} must have shape [{batch}, {', '.join(map(str, self._rows[name]))}], got {list(array.shape)}")
+                shape = ", ".join(map(str, self._rows[name]))
+                raise ValueError(f"infer: {name} must have shape [{batch}, {shape}], got {list(array.shape)}")
         out_name = self.outputs[0]
         result = np.empty((batch, *self._rows[out_name]), dtype=np.float32)
         with self._lock, torch.inference_mode(), torch.cuda.device(self.device):

@@ -95,7 +95,8 @@ def _describe(keys: list[str], limit: int = 3) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], kind: Optional[str] = None, name: str = "checkpoint") -> nn.Module:
+def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], kind: Optional[str] = None,
+                          name: str = "checkpoint") -> nn.Module:
     """A network of the right kind and width with ``state_dict`` loaded, or a one-line CheckpointError."""
     found = infer_kind(state_dict)
     if kind is not None and kind not in KINDS:

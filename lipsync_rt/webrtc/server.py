@@ -259,7 +259,8 @@ async def listening(server: LipSyncServer, host: str = "127.0.0.1", port: int = 
         await runner.cleanup()
 
 
-async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str, Path], config: ServerConfig, *, fps: float = 25.0,
+async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str, Path], config: ServerConfig, *,
+                        fps: float = 25.0,
                         blend: str = "feather", max_batch: int = 16, overhead_ms: Optional[float] = None,
                         ready: Optional[Callable[[str], None]] = None,
                         idle_paths: Optional[dict[str, Path]] = None) -> None:

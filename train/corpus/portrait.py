@@ -348,7 +348,8 @@ class MouthRig:
         colour = colour * (1 - teeth_a[..., None]) + teeth * teeth_a[..., None]
         if self.lower_teeth:
             lth = 0.6 * th
-            la = np.clip(yy - (bottom - lth) + 0.5, 0.0, 1.0) * smoothstep((0.6 - u) / 0.2) * smoothstep((height - 0.3 * half) / (0.2 * half))
+            la = (np.clip(yy - (bottom - lth) + 0.5, 0.0, 1.0) * smoothstep((0.6 - u) / 0.2)
+                  * smoothstep((height - 0.3 * half) / (0.2 * half)))
             colour = colour * (1 - la[..., None]) + self.teeth * 0.8 * (0.7 + 0.3 * (1 - u))[..., None] * la[..., None]
         # the upper lip shades the top of the mouth
         colour *= (0.7 + 0.3 * smoothstep((yy - top) / 2.0))[..., None]
