@@ -305,7 +305,7 @@ def test_interrupt_from_another_thread_and_before_start(engine, photo_avatar, wa
     assert events[0] == PlaybackFinished("early", 0.0, True, 0)
     assert [(type(e), e.segment) for e in events[1:]] == [(PlaybackStarted, "a"), (PlaybackFinished, "a")]
     assert events[2].interrupted
-    late = [c for t, c in seen["audio"] if t > called + 0.05]       # the cut lands at the loop's next turn
+    late = [c for t, c in seen["audio"] if t > called + 0.2]        # the cut lands at the loop's next turn (a busy CPU delays it)
     assert late and not any(c.samples.any() for c in late)
     assert not any(c.segment == "early" for _, c in seen["audio"])
 
