@@ -78,7 +78,9 @@ class OutputAudio:
     were released before this chunk, so an adapter can play the segment's original, unresampled audio
     in step (sample ``segment_position * rate / 16000`` of what was pushed). ``events``: the segment
     events since the previous chunk left, including those this chunk causes (its first sample starts a
-    segment, its last one finishes it); the same events go to ``session.events()``.
+    segment, its last one finishes it); the same events go to ``session.events()``. ``source``: with
+    ``SessionConfig(source_audio=True)``, the same stretch of the audio as it was pushed, float32
+    ``(m, channels)`` at ``source_rate`` (silence where this chunk is filled-in silence).
     """
 
     samples: np.ndarray
@@ -87,6 +89,8 @@ class OutputAudio:
     segment: Optional[Hashable] = None
     segment_position: int = 0
     events: tuple["SegmentEvent", ...] = ()
+    source: Optional[np.ndarray] = None
+    source_rate: Optional[int] = None
 
     @property
     def time(self) -> float:

@@ -29,6 +29,14 @@ def to_mono_float(pcm: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
+def to_float(pcm: np.ndarray) -> np.ndarray:
+    """Like :func:`to_mono_float`, but the channels are kept: float32 ``(n,)`` or ``(n, channels)``."""
+    x = np.asarray(pcm)
+    if x.dtype.kind in "iu":
+        return _scale_int(x.astype(np.float64), x.dtype).astype(np.float32)
+    return x.astype(np.float32, copy=True)
+
+
 def _scale_int(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype == np.int16:
         return x / 32768.0

@@ -39,10 +39,11 @@ from .clock import MediaClock, lookahead
 from .config import SessionConfig, SessionStats
 from .messages import DROPPED, FrameResult, Generation, Job, OutputAudio, OutputFrame
 from .metrics import SessionMetrics
-from .pcm import to_mono_float
+from .pcm import to_float, to_mono_float
 from .policy import policy_for
 from .queues import BackpressureQueue, DropOldestQueue, Inbox, StreamEnd
 from .segments import SegmentEvent, SegmentId, Segments
+from .source_audio import SourceAudio
 from .stages import (AudioStage, AvatarPictures, BlendStage, CameraPictures, InferStage, LipSyncModel,
                      PictureStage, ReleaseStage, Tracker)
 from .stages.audio import AudioPush, SegmentEnd
@@ -99,7 +100,7 @@ class LipSyncSession:
 
         # The ends of the graph. Input pushed before start() waits in the inboxes.
         self._audio_in, self._video_in = Inbox(), Inbox()
-        self._timeline = Timeline()
+        self._timeline = Timeline(SourceAudio() if config.source_audio else None)
         self._video_out = self.policy.droppable_queue(max(config.queue_frames, int(2 * config.fps)),
                                                       self.metrics.output_dropped)
         self._audio_out = BackpressureQueue()
@@ -194,8 +195,9 @@ class LipSyncSession:
         generation = self._generation.current
         if not self._segments.accept(segment):
             return False
+        source = to_float(pcm) if self.config.source_audio else None
         self._audio_in.put(AudioPush(samples.copy() if samples is pcm else samples, int(sample_rate),
-                                     time.monotonic(), segment, generation))
+                                     time.monotonic(), segment, generation, source))
         return True
 
     def end_of_segment(self, segment: Optional[SegmentId] = None) -> None:

@@ -20,15 +20,18 @@ import numpy as np
 from lipsync_rt.audio import HOP, MEL_SILENCE, MEL_STEP, N_MELS, StreamingMel
 
 from .clock import MediaClock
+from .source_audio import SourceAudio
 
 
 class Timeline:
     """Samples by absolute position, as written (one stored piece per :meth:`append`).
 
     ``end`` is the write position; ``closed`` after end of input. Readers wait with :meth:`wait_for`.
+    ``source``: the pushed audio as it came (``source_audio.py``), cut and let go with the timeline.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, source: "SourceAudio | None" = None) -> None:
+        self.source = source
         self.end = 0
         self.closed = False
         self.floor = 0              # where the audio of the last cut stops: before it, windows hear nothing
@@ -91,6 +94,8 @@ class Timeline:
                 self.silence_samples -= b - max(a, position)
         self._silence = kept
         self.end = self.floor = position
+        if self.source is not None:
+            self.source.cut(position)
         self._changed.set()
 
     def is_silence(self, start: int, stop: int) -> bool:
@@ -128,6 +133,8 @@ class Timeline:
             self._chunks.popleft()
         while len(self._silence) > 1 and self._silence[0][1] <= position - 8000:
             self._silence.pop(0)
+        if self.source is not None:
+            self.source.discard_before(position)
 
 
 class MelFramer:

@@ -40,13 +40,15 @@ _PIECE = 1600       # samples per StreamingMel push (100 ms): keeps each loop st
 
 @dataclass(frozen=True, eq=False)
 class AudioPush:
-    """Speech as pushed: float32 mono ``samples`` at ``rate``, ``arrival`` its ``time.monotonic()``."""
+    """Speech as pushed: float32 mono ``samples`` at ``rate``, ``arrival`` its ``time.monotonic()``;
+    ``source``: the same samples with their channels, kept when the session gives back its input audio."""
 
     samples: np.ndarray
     rate: int
     arrival: float
     segment: Optional[Hashable]
     generation: int
+    source: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,13 @@ class AudioStage:
             self._resampler = None
         if not live():
             return
+        source = self._timeline.source
         if self._resampler is None:
             self._resampler = Resampler(item.rate)
+            if source is not None:
+                source.start_run()
+        if source is not None and item.source is not None:
+            source.append(item.source, item.rate)
         samples = self._resampler(item.samples)
         # Audio that comes after a gap is taken as captured just before it arrived.
         await self._fill_silence(item.arrival, item.generation, coming=samples.size)
@@ -171,6 +178,8 @@ class AudioStage:
             start = self._timeline.append(piece, silence)
             if segment is not None:
                 self._segments.wrote(segment, start, start + piece.size)
+            if not silence and self._timeline.source is not None:
+                self._timeline.source.wrote(start, start + piece.size)
             await self._emit(self._framer.push(piece.astype(np.float32, copy=False)), arrival, generation)
             if samples.size > _PIECE:
                 await asyncio.sleep(0)

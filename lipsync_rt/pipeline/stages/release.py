@@ -140,8 +140,11 @@ class ReleaseStage:
             segment, before, boundary = self.segments.segment_at(pos)
             stop = min(stop, boundary)
             self.segments.released(stop)
+            source = self._timeline.source
+            original = source.read(pos, stop) if source is not None else None
             self._audio_out.put_nowait(OutputAudio(self._timeline.read(pos, stop), pos, SAMPLE_RATE, segment,
-                                                   before, self.segments.take_inband()))
+                                                   before, self.segments.take_inband(), original,
+                                                   (source.rate or SAMPLE_RATE) if source is not None else None))
             self._metrics.audio_samples_out += stop - pos
             self.audio_position = stop
             self._timeline.discard_before(stop)
