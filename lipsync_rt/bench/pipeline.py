@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
 
 if TYPE_CHECKING:
     from lipsync_rt.engine import Engine
@@ -51,7 +51,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long to play (default: %(default)s)")
+    parser.add_argument("--seconds", type=ranges.seconds, default=60.0, help="how long to play (default: %(default)s)")
     parser.add_argument("--clip", help="face video with speech played as the live camera + microphone "
                         "(default: the example face moving in a 320x288 frame, with the example speech)")
     parser.add_argument("--face", help="avatar mode: this avatar with the clip's (or example) speech")
@@ -62,10 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default: %(default)s)")
-    parser.add_argument("--overhead_ms", "--overhead-ms", type=float,
+    parser.add_argument("--fps", type=ranges.fps, default=25.0, help="frame rate (default: %(default)s)")
+    parser.add_argument("--overhead_ms", "--overhead-ms", type=ranges.milliseconds,
                         help="processing budget D - L (default: measured at start)")
-    parser.add_argument("--batch_size", type=int, default=4, help="session batch size (default: %(default)s)")
+    parser.add_argument("--batch_size", type=ranges.batch, default=4, help="session batch size (default: %(default)s)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot")
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,20 +33,20 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4], help="session counts to try "
+    parser.add_argument("--sessions", type=ranges.number(1, 256, integer=True), nargs="+", default=[1, 2, 4], help="session counts to try "
                         "(default: 1 2 4)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per step (default: %(default)s)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured start of each step (default: %(default)s)")
+    parser.add_argument("--seconds", type=ranges.seconds, default=8.0, help="measured time per step (default: %(default)s)")
+    parser.add_argument("--warmup", type=ranges.number(0, 3600, unit="s"), default=2.0, help="unmeasured start of each step (default: %(default)s)")
     parser.add_argument("--mode", choices=("avatar", "camera"), default="avatar", help="session mode (default: avatar)")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate per session (default: %(default)s)")
-    parser.add_argument("--overhead-ms", "--overhead_ms", type=float,
+    parser.add_argument("--fps", type=ranges.fps, default=25.0, help="frame rate per session (default: %(default)s)")
+    parser.add_argument("--overhead-ms", "--overhead_ms", type=ranges.milliseconds,
                         help="processing budget D - L of every session (default: "
                         "measured as each session starts)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--max-batch", type=int, default=32, help="most frames per shared engine call "
+    parser.add_argument("--max-batch", type=ranges.batch, default=32, help="most frames per shared engine call "
                         "(default: %(default)s)")
     parser.add_argument("--keep-going", action="store_true", help="try every count even after one fails to hold")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")

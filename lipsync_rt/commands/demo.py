@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
 
 if TYPE_CHECKING:
     from lipsync_rt.io import Sink
@@ -53,11 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled model)")
-    parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
-    parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C, "
+    parser.add_argument("--fps", type=ranges.fps, default=25.0, help="output frame rate, 1 to 240 (default: %(default)s)")
+    parser.add_argument("--duration", type=ranges.seconds, help="stop after this many seconds (default: until Ctrl-C, "
                         "or the end of --audio)")
-    parser.add_argument("--overhead_ms", "--overhead-ms", type=float,
-                        help="processing budget D - L in ms (default: measured)")
+    parser.add_argument("--overhead_ms", "--overhead-ms", type=ranges.milliseconds,
+                        help="processing budget D - L in ms, 0 to 10000 (default: measured)")
     parser.add_argument("--quiet", action="store_true", help="no status line")
 
 

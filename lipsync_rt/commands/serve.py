@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
 
 DESCRIPTION = (
     "Serve lip sync over WebRTC: open the printed address in a browser. Camera mode sends your webcam and "
@@ -24,7 +24,7 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    parser.add_argument("--port", type=ranges.port, default=8080, help="port, 0 for any free one (default: %(default)s)")
     parser.add_argument("--token", default=os.environ.get("LIPSYNC_RT_TOKEN"),
                         help="require this token on /offer, /close and /metrics (default: $LIPSYNC_RT_TOKEN, "
                         "else none)")
@@ -37,20 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--max-sessions", type=int, default=4, help="sessions served at once; more get a 503 "
+    parser.add_argument("--max-sessions", type=ranges.number(1, 1024, integer=True), default=4, help="sessions served at once; more get a 503 "
                         "(default: %(default)s)")
-    parser.add_argument("--max-batch", type=int, default=16, help="most frames per engine call across sessions "
+    parser.add_argument("--max-batch", type=ranges.batch, default=16, help="most frames per engine call across sessions "
                         "(default: %(default)s)")
-    parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
-    parser.add_argument("--overhead-ms", "--overhead_ms", type=float,
+    parser.add_argument("--fps", type=ranges.fps, default=25.0, help="output frame rate, 1 to 240 (default: %(default)s)")
+    parser.add_argument("--overhead-ms", "--overhead_ms", type=ranges.milliseconds,
                         help="processing budget D - L of every session, in ms (default: "
                         "measured as each session starts, so sessions that start under load get a larger one)")
     parser.add_argument("--blend", choices=("feather", "none"), default="feather", help="paste-back mode")
     parser.add_argument("--stun", action="append", default=[], metavar="URL",
                         help="STUN/TURN server for ICE, e.g. stun:stun.example.org:3478 (repeatable; default: "
                         "none, so no outside server is contacted; needed only across NATs)")
-    parser.add_argument("--max-body", type=int, default=128 * 1024, help="largest request body in bytes "
-                        "(default: %(default)s)")
+    parser.add_argument("--max-body", type=ranges.number(1024, 64 << 20, integer=True), default=128 * 1024,
+                        help="largest request body in bytes, 1024 to 64 MiB (default: %(default)s)")
+    parser.add_argument("--connect-timeout", "--connect_timeout", type=ranges.number(1, 3600, unit="s"), default=20.0,
+                        help="seconds a client has to connect after its offer was answered; one that has not is "
+                        "closed, and its session freed (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..webrtc.server import serve_forever
 
     config = ServerConfig(host=args.host, port=args.port, token=args.token or None, max_sessions=args.max_sessions,
-                          max_body=args.max_body, ice_servers=tuple(args.stun))
+                          max_body=args.max_body, ice_servers=tuple(args.stun), connect_timeout=args.connect_timeout)
     avatars = parse_avatar_specs(args.avatar) if args.avatar else default_avatar_specs()
     idle = parse_idle_specs(args.idle, avatars)
     if args.fps <= 0:

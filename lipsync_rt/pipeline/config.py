@@ -5,9 +5,11 @@ Times are seconds on the audio-sample master clock unless a name says otherwise 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lipsync_rt.errors import LipSyncError
+from lipsync_rt.timebase import as_rate
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class SessionConfig:
     ``encoder_cache``: avatar mode with a SplitEngine reuses the avatar's face-encoder features.
     ``detail``: with ``blend="feather"``, how much of the frame's own fine detail goes back where the
     generator kept the face as it was (``lipsync_rt.blend``; 0 shows the model's own pixels).
+    ``source_audio``: released audio also carries the pushed audio as it came (its own rate and
+    channels; ``OutputAudio.source``), for sinks that should give back what went in (``source_audio.py``).
     ``idle_transition``: for an avatar with an idle clip, how a change between the idle clip and the
     speaking frames is made: ``"nearest"`` (the new clip starts at its frame nearest to the picture
     it replaces) or ``"cut"`` (each clip shows the frame its own loop is at: a jump; for comparison).
@@ -51,14 +55,19 @@ class SessionConfig:
     keyframe_interval: int = 10
     queue_frames: int = 8
     max_wait_ms: float = 4.0
+    source_audio: bool = False
 
     def __post_init__(self) -> None:
-        if not self.fps > 0:
-            raise LipSyncError(f"fps must be > 0, got {self.fps}")
+        try:
+            as_rate(self.fps)
+        except ValueError as e:
+            raise LipSyncError(str(e)) from None
         if self.batch_size < 1:
             raise LipSyncError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.overhead_ms is not None and self.overhead_ms < 0:
-            raise LipSyncError(f"overhead_ms must be >= 0, got {self.overhead_ms}")
+        for name in ("overhead_ms", "audio_grace_ms", "max_wait_ms", "detail"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise LipSyncError(f"{name} must be a finite number >= 0, got {value}")
         if self.audio_chunk < 1:
             raise LipSyncError(f"audio_chunk must be >= 1 sample, got {self.audio_chunk}")
         if self.avatar_loop not in ("loop", "pingpong"):
