@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", help="play this audio file in real time instead of the microphone (dry run)")
     parser.add_argument("--mic", help="microphone device name or index (default: the system default)")
     parser.add_argument("--output", default="virtualcam",
-                        help="'virtualcam' (default) or an .mp4 file to record to")
+                        help="'virtualcam' (default) or a video file to record to (.mp4, .mov or .mkv; the audio as it "
+                        "came in: the file's or the microphone's rate and channels)")
     parser.add_argument("--vcam_device", help="virtual camera device, e.g. /dev/video10 (default: the first one)")
     parser.add_argument("--vcam_backend", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
@@ -67,12 +68,19 @@ def run(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     from lipsync_rt.engine.factory import create_engine
-    from lipsync_rt.errors import LipSyncError
+    from lipsync_rt.errors import LipSyncError, MediaError
     from lipsync_rt.io import FileSource, Microphone, Mp4Sink, VirtualCamera, Webcam, run_sinks
+    from lipsync_rt.media import CONTAINERS, check_output, output_format
     from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
 
-    if args.output != "virtualcam" and not args.output.lower().endswith(".mp4"):
-        raise LipSyncError(f"--output must be 'virtualcam' or a file ending in .mp4, got {args.output!r}")
+    record = args.output != "virtualcam"
+    if record:
+        try:
+            output_format(args.output)
+        except MediaError:
+            raise LipSyncError(f"--output must be 'virtualcam' or a video file ending in "
+                               f"{', '.join(sorted(CONTAINERS))}, got {args.output!r}") from None
+        check_output(args.output, "--output")
     if args.duration is not None and args.duration <= 0:
         raise LipSyncError(f"--duration must be > 0, got {args.duration}")
     if args.idle and not args.face:
@@ -93,19 +101,23 @@ async def _demo(args: argparse.Namespace) -> int:
             camera = Webcam(args.camera, fps=args.fps)
             opened.append(camera.stop)
         size = (avatar.frames[0].shape[1], avatar.frames[0].shape[0]) if avatar else (camera.width, camera.height)
-        if args.output == "virtualcam":
+        source = None
+        if args.audio:
+            # a recording keeps the file's own audio (rate, channels); the model hears it at 16 kHz mono
+            source = FileSource(args.audio, realtime=True, video=False, seconds=args.duration,
+                                segment="audio" if avatar is not None else None, source_audio=record)
+            audio_format = (source.rate, source.decoded.channels, source.decoded.layout)
+        else:
+            microphone = Microphone(args.mic)
+            audio_format = (microphone.samplerate, 1, "mono")
+        if not record:
             sink = VirtualCamera(args.fps, device=args.vcam_device, backend=args.vcam_backend,
                                  width=size[0], height=size[1])
         else:
-            sink = Mp4Sink(args.output, args.fps)
-        source = None
-        if args.audio:
-            source = FileSource(args.audio, realtime=True, video=False, seconds=args.duration,
-                                segment="audio" if avatar is not None else None)
-        else:
-            microphone = Microphone(args.mic)
+            rate, channels, layout = audio_format
+            sink = Mp4Sink(args.output, args.fps, audio_rate=rate, audio_channels=channels, audio_layout=layout)
 
-        config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms)
+        config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms, source_audio=record)
         session = LipSyncSession(engine, avatar=avatar, config=config)
         await session.start()
         status = _Status(session, sink, quiet=args.quiet)
