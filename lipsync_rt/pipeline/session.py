@@ -331,9 +331,27 @@ class LipSyncSession:
             self._track_pool.shutdown(wait=True)
         if self._work_pool is not None:
             self._work_pool.shutdown(wait=True)
-        self._video_out.close()
-        self._audio_out.close()
+        self._video_out.close(drain=True)
+        self._audio_out.close(drain=True)
         self._events.close()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """A closed session drops everything big it held: queued and unreleased audio, frames waiting to
+        leave, the stages with their queues and the blender's masks. Whoever still holds the session
+        (a WebRTC transport that finishes its own teardown later, an unfinished ``video()`` iterator)
+        then holds a small object, not megabytes of media."""
+        self._audio_in.clear()
+        self._video_in.clear()
+        self._timeline.clear()
+        for stage in self._stages.values():
+            if isinstance(stage, ReleaseStage):
+                stage.drop()
+        self._stages, self._tasks = {}, []
+        self._pictures = self._framer = None
+        self._tracker = None
+        if self._own_batcher:
+            self._batcher = None
 
     async def __aenter__(self) -> "LipSyncSession":
         await self.start()
@@ -358,7 +376,7 @@ class LipSyncSession:
         if self._closed:
             return
         release, audio = self._stages.get("release"), self._stages.get("audio")
-        if release is None:                     # not started: only the pushes in the inbox were dropped
+        if release is None or audio is None:    # not started: only the pushes in the inbox were dropped
             self._segments.cut(0)
             return
         ended = self._timeline.closed

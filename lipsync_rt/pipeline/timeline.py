@@ -127,6 +127,15 @@ class Timeline:
             raise ValueError(f"timeline samples before {self._chunks[0][0]} were discarded")
         return out
 
+    def clear(self) -> None:
+        """Let go of every sample (a closed session); positions stay where they were."""
+        self._chunks.clear()
+        self._silence.clear()
+        if self.source is not None:
+            self.source = SourceAudio()
+        self.closed = True
+        self._changed.set()
+
     def discard_before(self, position: int) -> None:
         """Forget what has been released (silence intervals are kept 0.5 s longer for ``is_silence``)."""
         while self._chunks and self._chunks[0][0] + self._chunks[0][1].size <= position:

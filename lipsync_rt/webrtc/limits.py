@@ -52,12 +52,25 @@ def check_size(content_length: Optional[int], limit: int = MAX_BODY_BYTES) -> No
         raise HTTPRefusal(413, f"request body of {content_length} bytes is over the limit of {limit}", "too_large")
 
 
+def load_json(body: bytes, shape: str) -> object:
+    """The JSON in a request body, or a 400 with the reason. Any malformed body is the client's mistake,
+    also one nested thousands of levels deep (the decoder's RecursionError), a number too long to
+    convert, or text that is not UTF-8; ``shape`` says what was expected, for the message."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HTTPRefusal(400, f"the body is not JSON (not UTF-8 text); it must be: {shape}", "bad_request") from None
+    except RecursionError:
+        raise HTTPRefusal(400, f"the body is not JSON this server reads (nested too deeply); it must be: {shape}",
+                          "bad_request") from None
+    except ValueError as error:       # JSONDecodeError, and int() of a number too long to convert
+        reason = " ".join(str(error).split())[:120]
+        raise HTTPRefusal(400, f"the body is not JSON ({reason}); it must be: {shape}", "bad_request") from None
+
+
 def parse_offer(body: bytes, avatars: tuple[str, ...], default_avatar: Optional[str]) -> OfferRequest:
     """Validate ``{"sdp": ..., "type": "offer", "mode": "camera"|"avatar", "avatar": NAME}``."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HTTPRefusal(400, f"the body is not JSON: {error}", "bad_request") from None
+    data = load_json(body, '{"sdp": ..., "type": "offer", "mode": "camera"|"avatar", "avatar": NAME}')
     if not isinstance(data, dict):
         raise HTTPRefusal(400, "the body must be a JSON object with 'sdp' and 'type'", "bad_request")
     sdp, kind = data.get("sdp"), data.get("type")

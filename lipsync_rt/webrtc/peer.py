@@ -4,6 +4,12 @@ Everything a peer starts it also ends: :meth:`Peer.close` stops the outgoing tra
 readers and the connect watchdog, closes the connection and the session, and folds the session's
 figures into the server's totals. It runs once, whichever comes first: the client's ``/close``, a
 failed or closed connection, a connection that never came up, or the server shutting down.
+
+Then it cuts every link from aiortc's objects back to the session: aiortc keeps a closed
+connection's senders (and so their tracks and the connection's event listeners) until its own connect
+task ends, which for a client that never finished connecting can be much later or never. The tracks
+let go of the session's iterators and the connection forgets its listeners, so a closed session is
+freed at once (``tests/test_webrtc_memory.py``).
 """
 
 from __future__ import annotations
@@ -130,6 +136,9 @@ class Peer:
             await self.session.close()
         except Exception:  # noqa: BLE001
             log.exception("session %s: closing the pipeline failed", self.short_id)
+        await self.video_track.detach()
+        await self.audio_track.detach()
+        self.pc.remove_all_listeners()
         if self.registered:
             self.metrics.sessions_ended += 1
         self.closed.set()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from ..errors import LipSyncError
-from .limits import MAX_BODY_BYTES, MODES, HTTPRefusal, OfferRequest, check_size, check_token, parse_offer
+from .limits import MAX_BODY_BYTES, MODES, HTTPRefusal, OfferRequest, check_size, check_token, load_json, parse_offer
 from .metrics import CONTENT_TYPE, ServerMetrics, render
 from .peer import Peer
 
@@ -204,10 +203,10 @@ class LipSyncServer:
         try:
             self._authorize(request)
             body = await self._read_body(request)
-            try:
-                session_id = json.loads(body.decode("utf-8")).get("session")
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                raise HTTPRefusal(400, "the body must be JSON: {\"session\": ID}", "bad_request") from None
+            data = load_json(body, '{"session": ID}')
+            if not isinstance(data, dict):
+                raise HTTPRefusal(400, 'the body must be a JSON object: {"session": ID}', "bad_request")
+            session_id = data.get("session")
         except HTTPRefusal as refusal:
             self.metrics.rejected[refusal.kind] += 1
             return _json_error(refusal.status, refusal.reason)
@@ -259,6 +258,17 @@ async def listening(server: LipSyncServer, host: str = "127.0.0.1", port: int = 
         await runner.cleanup()
 
 
+def _quiet_closed_connections(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The loop's exception handler, less one message: aiortc's connect task fails with InvalidStateError
+    when a connection is closed while still connecting (a client that vanished), and nobody awaits that
+    task, so asyncio would print its traceback. It is an expected end of a peer, logged at debug level."""
+    error, task = context.get("exception"), context.get("future")
+    if type(error).__name__ == "InvalidStateError" and "RTCPeerConnection.__connect" in repr(task):
+        log.debug("a connection closed while connecting: %s", error)
+        return
+    loop.default_exception_handler(context)
+
+
 async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str, Path], config: ServerConfig, *,
                         fps: float = 25.0,
                         blend: str = "feather", max_batch: int = 16, overhead_ms: Optional[float] = None,
@@ -269,6 +279,7 @@ async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str,
     from ..pipeline import SessionConfig
     from .avatars import prepare_avatars
 
+    asyncio.get_running_loop().set_exception_handler(_quiet_closed_connections)
     avatars = await prepare_avatars(avatar_paths, engine, fps=fps, idle=idle_paths)
     server = LipSyncServer(engine, avatars, config, session_config=SessionConfig(fps=fps, blend=blend, overhead_ms=overhead_ms),
                            max_batch=max_batch)

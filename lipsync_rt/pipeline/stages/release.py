@@ -87,6 +87,11 @@ class ReleaseStage:
                 self._waiting[index] = FrameResult.passed_through(frame, IDLE, self.generation.current)
         self._changed.set()
 
+    def drop(self) -> None:
+        """Let go of every frame waiting here (the session is closed)."""
+        self._waiting.clear()
+        self._changed.set()
+
     def held(self, index: int) -> Optional[FrameResult]:
         """What frame ``index`` would show if it left now, as settled so far (None: nothing yet)."""
         return self._waiting.get(index)
