@@ -49,8 +49,10 @@ def test_bench_pipeline_interrupt_reports_barge_in_events_and_transitions(tmp_pa
 
 
 def test_bench_pipeline_refuses_a_bad_duration(capsys):
-    assert main(["bench", "pipeline", "--seconds", "0"]) == 1
-    assert capsys.readouterr().err.strip().startswith("lipsync-rt: error: --seconds")
+    with pytest.raises(SystemExit) as info:          # a usage error, found when the options are parsed
+        main(["bench", "pipeline", "--seconds", "0"])
+    assert info.value.code == 2
+    assert "argument --seconds: expected a number above 0" in capsys.readouterr().err
 
 
 def test_bench_webrtc_runs_a_session_over_loopback(tmp_path):

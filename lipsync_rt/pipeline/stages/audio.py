@@ -3,10 +3,20 @@
 Pushed speech of any rate and shape is resampled to 16 kHz mono and written to the session's
 :class:`~lipsync_rt.pipeline.timeline.Timeline` (from which the release stage plays it out), and the
 same samples go through :class:`~lipsync_rt.pipeline.timeline.MelFramer`, which emits frame i's window
-as soon as its last column is final. A live session's clock does not wait for speech: audio that has
-not come ``audio_grace_ms`` after it was due is written as silence (the policy says how much is due,
-checked every ``policy.tick`` seconds and at every push), and speech that comes later is appended
-after it. Windows lying wholly in such silence are marked idle.
+as soon as its last column is final. Windows lying wholly in filled-in silence are marked idle.
+
+A live session's clock does not wait for speech, but silence is never cut into speech that keeps
+time. Whether audio is missing is judged on the producer's own pace (:class:`Pace`): a producer that
+pushed a chunk of duration c at time a is expected again at a + c (a sound card, a TTS streaming in
+real time, WebRTC's 20 ms frames), and only when that has passed by more than ``audio_grace_ms`` is
+it overdue; then the timeline is filled with silence up to what the clock says is due (less the grace),
+checked every ``policy.tick`` seconds. Speech that comes after such a pause is placed as captured just
+before it arrived (``policy.resume_point``), so it has the whole grace ahead of it again, as a stream
+that started at T0 does. Samples the resampler still holds back count as arrived (and are let out
+before any silence goes in). A producer slower
+than real time is never overdue by its own pace; the release clock then forces silence in just before
+it would have to play samples that are not there (``policy.fill_point``). ``end_of_segment`` says the
+producer is done: from then on the timeline is filled as soon as the grace has passed.
 
 Segments: each push names its segment (or none); the stage tells the ledger where the segment's
 samples land, and closes a segment (its resampler flushed, so its last samples are written) at its
@@ -34,8 +44,46 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from ..segments import Segments
 
-TICK = object()     # the live clock's prompt to check for audio that is overdue
 _PIECE = 1600       # samples per StreamingMel push (100 ms): keeps each loop step short
+#: The longest chunk a paced producer is expected to take between pushes: a push of a whole reply at
+#: once is a burst ahead of real time, not a pace (the timeline is far ahead then anyway).
+PACE_MAX_S = 0.1
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The live clock's prompt to check for overdue audio, stamped when it was sent: pushes queued after
+    it arrived after it, so it never judges audio missing that was already in hand."""
+
+    at: float
+
+
+class Pace:
+    """When a producer is overdue: ``grace`` seconds after it should have pushed again.
+
+    After a push of ``duration`` seconds arriving at ``a``, the next is expected at ``a + duration``
+    (at most ``PACE_MAX_S`` later): a producer that keeps real time in chunks of any size up to that is
+    never overdue while its pushes jitter by less than the grace. Before the first push, and once the
+    producer said it is done (``end_of_segment``) or was cut off (an interrupt), it is overdue at once.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.expected: Optional[float] = None
+
+    def pushed(self, arrival: float, duration: float) -> None:
+        self.expected = arrival + min(duration, PACE_MAX_S)
+
+    def finished(self) -> None:
+        self.expected = None
+
+    def overdue(self, now: float) -> bool:
+        """Whether missing audio may be filled in now."""
+        return self.expected is None or self.missed(now)
+
+    def missed(self, now: float) -> bool:
+        """Whether a producer that was pacing itself missed its pace by more than the grace."""
+        return self.expected is not None and now > self.expected + self.grace
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +121,8 @@ class AudioStage:
         self._segments = segments
         self._resampler: Optional[Resampler] = None
         self._segment: Optional[Hashable] = None      # the segment being written (timeline side)
+        self._pace = Pace(policy.config.audio_grace_ms / 1000)
+        self._paused = True                           # the timeline ends in filled-in silence (or is empty)
         self.samples_dropped = 0                      # pushed before an interrupt, never written
 
     async def run(self) -> None:
@@ -95,24 +145,27 @@ class AudioStage:
         if start > position:
             self._timeline.append(np.zeros(start - position, np.float32), silence=True)
         self._resampler, self._segment = None, None
+        self._pace.finished()
+        self._paused = True
 
     async def _tick(self) -> None:
         while not self._inbox.ended:
             await asyncio.sleep(self._policy.tick)
-            self._inbox.put(TICK)
+            self._inbox.put(Tick(time.monotonic()))
 
     async def _consume(self) -> None:
         while True:
             item = await self._inbox.get()
-            if item is TICK:
+            if isinstance(item, Tick):
                 if not self._inbox.ended:
-                    await self._fill_silence(time.monotonic(), self._generation.current)
+                    await self._fill_silence(item.at, self._generation.current)
             elif isinstance(item, StreamEnd):
                 await self._finish()
                 return
             elif isinstance(item, SegmentEnd):
                 if not self._generation.stale(item.generation) and item.segment == self._segment:
                     await self._close_segment(time.monotonic(), item.generation)
+                    self._pace.finished()
             elif self._generation.stale(item.generation):
                 self.samples_dropped += item.samples.size
             else:
@@ -137,10 +190,16 @@ class AudioStage:
                 source.start_run()
         if source is not None and item.source is not None:
             source.append(item.source, item.rate)
+        held = self._resampler.held                  # earlier audio that comes out ahead of this push
         samples = self._resampler(item.samples)
-        # Audio that comes after a gap is taken as captured just before it arrived.
-        await self._fill_silence(item.arrival, item.generation, coming=samples.size)
+        if self._paused or self._pace.missed(item.arrival):
+            # after a pause: this speech starts as captured just before it arrived
+            start = self._policy.resume_point(item.arrival, self._resampler.out_samples(item.samples.size))
+            if start is not None and start - held > self._timeline.end:
+                await self._write(np.zeros(start - held - self._timeline.end, np.float32), item.arrival,
+                                  item.generation, silence=True)
         await self._write(samples, item.arrival, item.generation, self._segment)
+        self._pace.pushed(item.arrival, item.samples.size / item.rate)
 
     async def _close_segment(self, now: float, generation: int) -> None:
         """What was pushed so far is complete: the resampler's tail is written, and the open segment
@@ -160,13 +219,22 @@ class AudioStage:
         self._timeline.close()
         await self._windows.end(StreamEnd(frames=self._framer.next_index))
 
-    async def _fill_silence(self, now: float, generation: int, coming: int = 0) -> None:
-        """Write silence up to what the clock says is due at ``now``, less ``coming`` samples in hand."""
-        due = self._policy.samples_due(now)
-        if due is not None:
-            gap = due - coming - self._timeline.end
-            if gap > 0:
-                await self._write(np.zeros(gap, np.float32), now, generation, silence=True)
+    async def _fill_silence(self, now: float, generation: int) -> None:
+        """Write silence up to where the timeline must reach at ``now`` (``policy.fill_point``): what the
+        clock says is due once the producer is overdue, else only what the release clock needs."""
+        target = self._policy.fill_point(now, self._pace.overdue(now))
+        if target is None:
+            return
+        held = self._resampler.held if self._resampler is not None else 0
+        if target - self._timeline.end - held <= 0:
+            return
+        if held:
+            # the resampler's tail is the end of the speech before this pause: it goes first
+            resampler, self._resampler = self._resampler, None
+            await self._write(resampler.flush(), now, generation, self._segment)
+        gap = target - self._timeline.end
+        if gap > 0:
+            await self._write(np.zeros(gap, np.float32), now, generation, silence=True)
 
     async def _write(self, samples: np.ndarray, arrival: float, generation: int,
                      segment: Optional[Hashable] = None, silence: bool = False) -> None:
@@ -176,6 +244,8 @@ class AudioStage:
                 return
             piece = samples[a:a + _PIECE]
             start = self._timeline.append(piece, silence)
+            if piece.size:
+                self._paused = silence
             if segment is not None:
                 self._segments.wrote(segment, start, start + piece.size)
             if not silence and self._timeline.source is not None:
