@@ -89,7 +89,8 @@ class SessionStats:
     passed through). ``latency_ms``: release time minus ``capture_time`` of the newest input that drove
     the frame, over generated frames. ``overhead_ms``: per generated frame, the time from its mel
     window's last sample being due (T0 + t_i + L) to the frame being ready; D - L must exceed it.
-    ``interrupts``: ``interrupt()`` calls.
+    ``interrupts``: ``interrupt()`` calls. ``frames_held``: of the dropped frames, those shown with the
+    last generated mouth held (or easing back to the original) instead of the original picture.
     """
 
     frames_out: int
@@ -106,3 +107,4 @@ class SessionStats:
     lookahead: float
     interrupts: int = 0
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    frames_held: int = 0
