@@ -23,7 +23,8 @@ from lipsync_rt.errors import MediaError
 
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "HOP", "WIN", "N_MELS", "MEL_STEP", "MELS_PER_SECOND",
-    "MEL_SILENCE", "DecodedAudio", "decode_audio", "load_audio", "melspectrogram", "mel_chunks", "frame_count", "check_finite", "lookahead_samples",
+    "MEL_SILENCE", "DecodedAudio", "decode_audio", "load_audio", "melspectrogram", "mel_chunks", "frame_count",
+    "check_finite", "lookahead_samples",
     "StreamingMel",
 ]
 

@@ -47,7 +47,8 @@ def producer(start: float, seconds: float, chunk_s: float, rate: int = 24000, ji
 
 
 def simulate(pushes: list[tuple[float, object]], until: float, grace_ms: float = GRACE_MS) -> Timeline:
-    """Run the audio stage over ``pushes`` with a tick every 10 ms until ``until``; the timeline it wrote."""
+    """Run the audio stage over ``pushes`` with a tick every 10 ms until ``until``; the timeline it wrote
+    (``timeline.stage``: the stage, for its counters)."""
     clock = MediaClock(25, delay=DELAY)
     clock.start(now=0.0)
     policy = LivePolicy(SessionConfig(audio_grace_ms=grace_ms), clock, 0.2125)
@@ -63,6 +64,7 @@ def simulate(pushes: list[tuple[float, object]], until: float, grace_ms: float =
             inbox.put(item)
         inbox.put(END)          # the end of input, after the last tick (end() would stop the ticks at once)
         await stage.run()
+        timeline.stage = stage
         return timeline
 
     return asyncio.run(run())
@@ -93,6 +95,7 @@ def test_a_producer_that_keeps_real_time_never_gets_silence_cut_in(chunk_ms, rat
     runs = [(a, b) for a, b in timeline._silence]
     speech = [(b, a2) for (a, b), (a2, b2) in zip(runs, runs[1:] + [(timeline.end, timeline.end)]) if a2 > b]
     assert len(speech) == 2, speech                 # two unbroken stretches: no silence inside either
+    assert timeline.stage.silence_cuts == 0
     for (a, b), seconds in zip(speech, (3.0, 3.0)):
         assert b - a == pytest.approx(seconds * SR, abs=40)      # all of it, resampler tail included
     # each stretch starts where its first chunk arrived, less what of it fits in the grace: never before
@@ -109,6 +112,14 @@ def test_speech_after_a_pause_gets_the_whole_grace_again():
     late[3] = (late[3][0] + 0.012, late[3][1])          # the fourth chunk after the pause comes 12 ms late
     timeline = simulate(pushes + late, 4.5)
     assert silence_within(timeline, 2.05, 2.95) == 0 and silence_within(timeline, 3.05, 3.95) == 0
+
+
+def test_a_push_later_than_its_pace_and_the_grace_is_a_counted_cut():
+    pushes = producer(1.0, 2.0, 0.02, 24000)
+    pushes[40:] = [(at + 0.045, push) for at, push in pushes[40:]]   # a 45 ms stall: 25 ms beyond the grace
+    timeline = simulate(pushes, 3.5)
+    assert timeline.stage.silence_cuts == 1
+    assert 0 < silence_within(timeline, 1.2, 2.9) < 1600
 
 
 def test_a_producer_that_stops_is_filled_in_after_its_pace_and_the_grace():

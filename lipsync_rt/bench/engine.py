@@ -85,8 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint_path", help="benchmark this generator checkpoint instead (overrides --width); "
                         "its fidelity is then reported too")
     parser.add_argument("--seconds", type=ranges.seconds, default=2.0, help="time per measurement (default: %(default)s)")
-    parser.add_argument("--iters", type=ranges.number(1, 1_000_000, integer=True), help="a fixed number of timed calls per measurement instead of --seconds")
-    parser.add_argument("--warmup", type=ranges.number(0, 1000, integer=True), default=2, help="untimed calls before each measurement (default: %(default)s)")
+    parser.add_argument("--iters", type=ranges.number(1, 1_000_000, integer=True),
+                        help="a fixed number of timed calls per measurement instead of --seconds")
+    parser.add_argument("--warmup", type=ranges.number(0, 1000, integer=True), default=2,
+                        help="untimed calls before each measurement (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--engine-dir", help="where built engines go (default: a temporary folder, removed after the "
                         "run, so a benchmark never leaves stale artifacts)")
@@ -96,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: examples/face.jpg)")
     parser.add_argument("--audio", default=str(EXAMPLES / "speech.wav"), help="speech for the real inputs "
                         "(default: examples/speech.wav)")
-    parser.add_argument("--peak-tflops", type=ranges.number(0, 1e6, above=True), help="the GPU's dense fp16 peak, to report the fraction reached "
+    parser.add_argument("--peak-tflops", type=ranges.number(0, 1e6, above=True),
+                        help="the GPU's dense fp16 peak, to report the fraction reached "
                         f"(default: {H100_SXM_FP16_TFLOPS:g} when the GPU is an H100, else not reported)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot: frames/s and latency against batch size")

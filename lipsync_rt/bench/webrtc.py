@@ -33,10 +33,12 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sessions", type=ranges.number(1, 256, integer=True), nargs="+", default=[1, 2, 4], help="session counts to try "
+    parser.add_argument("--sessions", type=ranges.number(1, 256, integer=True), nargs="+", default=[1, 2, 4],
+                        help="session counts to try "
                         "(default: 1 2 4)")
     parser.add_argument("--seconds", type=ranges.seconds, default=8.0, help="measured time per step (default: %(default)s)")
-    parser.add_argument("--warmup", type=ranges.number(0, 3600, unit="s"), default=2.0, help="unmeasured start of each step (default: %(default)s)")
+    parser.add_argument("--warmup", type=ranges.number(0, 3600, unit="s"), default=2.0,
+                        help="unmeasured start of each step (default: %(default)s)")
     parser.add_argument("--mode", choices=("avatar", "camera"), default="avatar", help="session mode (default: avatar)")
     parser.add_argument("--fps", type=ranges.fps, default=25.0, help="frame rate per session (default: %(default)s)")
     parser.add_argument("--overhead-ms", "--overhead_ms", type=ranges.milliseconds,

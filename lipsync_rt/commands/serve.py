@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--max-sessions", type=ranges.number(1, 1024, integer=True), default=4, help="sessions served at once; more get a 503 "
+    parser.add_argument("--max-sessions", type=ranges.number(1, 1024, integer=True), default=4,
+                        help="sessions served at once; more get a 503 "
                         "(default: %(default)s)")
     parser.add_argument("--max-batch", type=ranges.batch, default=16, help="most frames per engine call across sessions "
                         "(default: %(default)s)")

@@ -32,6 +32,11 @@ class SessionConfig:
     ``encoder_cache``: avatar mode with a SplitEngine reuses the avatar's face-encoder features.
     ``detail``: with ``blend="feather"``, how much of the frame's own fine detail goes back where the
     generator kept the face as it was (``lipsync_rt.blend``; 0 shows the model's own pixels).
+    ``conceal_drops``: in live mode, a frame whose mouth is not ready in time holds the last generated
+    mouth (or freezes briefly) instead of showing its original picture (``conceal.py``).
+    ``max_wait_ms``: how long the session's own micro-batcher waits for more requests before running
+    one: a single stream has nobody else to wait for, and its infer stage already batches whatever
+    jobs are waiting, so 0 (a batcher shared by many sessions, the server's, has its own wait).
     ``source_audio``: released audio also carries the pushed audio as it came (its own rate and
     channels; ``OutputAudio.source``), for sinks that should give back what went in (``source_audio.py``).
     ``idle_transition``: for an avatar with an idle clip, how a change between the idle clip and the
@@ -54,8 +59,9 @@ class SessionConfig:
     idle_transition: str = "nearest"
     keyframe_interval: int = 10
     queue_frames: int = 8
-    max_wait_ms: float = 4.0
+    max_wait_ms: float = 0.0
     source_audio: bool = False
+    conceal_drops: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -91,6 +97,8 @@ class SessionStats:
     window's last sample being due (T0 + t_i + L) to the frame being ready; D - L must exceed it.
     ``interrupts``: ``interrupt()`` calls. ``frames_held``: of the dropped frames, those shown with the
     last generated mouth held (or easing back to the original) instead of the original picture.
+    ``silence_cuts``: stretches of silence shorter than 100 ms filled in between two pushes (audio that
+    came too late, a click in the output): a producer that keeps real time gets none.
     """
 
     frames_out: int
@@ -108,3 +116,4 @@ class SessionStats:
     interrupts: int = 0
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     frames_held: int = 0
+    silence_cuts: int = 0

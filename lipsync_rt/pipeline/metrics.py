@@ -37,6 +37,7 @@ class SessionMetrics:
         self.engine_errors = self.frames_without_face = self.audio_samples_out = 0
         self.interrupts = 0
         self.frames_held = 0
+        self.silence_cuts = 0
         self.latency_ms: deque[float] = deque(maxlen=_KEEP)
         self.overhead_ms: deque[float] = deque(maxlen=_KEEP)
         self.stage_ms: dict[str, deque[float]] = {k: deque(maxlen=_KEEP) for k in STAGES}
@@ -78,5 +79,6 @@ class SessionMetrics:
             audio_samples_out=self.audio_samples_out, silence_samples=silence_samples,
             latency_ms=percentiles(self.latency_ms), overhead_ms=percentiles(self.overhead_ms),
             delay=delay, lookahead=lookahead, interrupts=self.interrupts, frames_held=self.frames_held,
+            silence_cuts=self.silence_cuts,
             stage_ms={k: percentiles(v) for k, v in self.stage_ms.items()},
         )

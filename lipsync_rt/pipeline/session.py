@@ -304,6 +304,9 @@ class LipSyncSession:
             raise self._error
 
     def stats(self) -> SessionStats:
+        audio = self._stages.get("audio")
+        if audio is not None:
+            self.metrics.silence_cuts = audio.silence_cuts
         return self.metrics.snapshot(silence_samples=self._timeline.silence_samples, delay=self.delay,
                                      lookahead=self.lookahead)
 
@@ -341,6 +344,9 @@ class LipSyncSession:
         leave, the stages with their queues and the blender's masks. Whoever still holds the session
         (a WebRTC transport that finishes its own teardown later, an unfinished ``video()`` iterator)
         then holds a small object, not megabytes of media."""
+        audio = self._stages.get("audio")
+        if audio is not None:
+            self.metrics.silence_cuts = audio.silence_cuts
         self._audio_in.clear()
         self._video_in.clear()
         self._timeline.clear()

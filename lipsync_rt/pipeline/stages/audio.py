@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Hashable, Optional
 
 import numpy as np
 
+from ..clock import sleep_until
 from ..messages import Generation, MelWindow
 from ..pcm import Resampler
 from ..queues import Inbox, Queue, StreamEnd
@@ -48,12 +49,19 @@ _PIECE = 1600       # samples per StreamingMel push (100 ms): keeps each loop st
 #: The longest chunk a paced producer is expected to take between pushes: a push of a whole reply at
 #: once is a burst ahead of real time, not a pace (the timeline is far ahead then anyway).
 PACE_MAX_S = 0.1
+#: Filled-in silence shorter than this between two pushes is a cut into speech, not a pause (a click,
+#: and latency added for the rest of the session): what ``silence_cuts`` counts.
+CUT_MAX_SAMPLES = 1600
 
 
 @dataclass(frozen=True)
 class Tick:
-    """The live clock's prompt to check for overdue audio, stamped when it was sent: pushes queued after
-    it arrived after it, so it never judges audio missing that was already in hand."""
+    """The live clock's prompt to check for overdue audio, stamped with the time it was due to be sent.
+
+    Pushes queued after it arrived after that, so it never judges audio missing that was already in
+    hand; and when the event loop stalls (a busy machine), the tick that comes late judges as of
+    before the stall, so a producer on the same loop, stalled with it, is not taken for late.
+    """
 
     at: float
 
@@ -123,7 +131,9 @@ class AudioStage:
         self._segment: Optional[Hashable] = None      # the segment being written (timeline side)
         self._pace = Pace(policy.config.audio_grace_ms / 1000)
         self._paused = True                           # the timeline ends in filled-in silence (or is empty)
+        self._gap: Optional[int] = None               # filled-in samples since the last pushed ones
         self.samples_dropped = 0                      # pushed before an interrupt, never written
+        self.silence_cuts = 0                         # short silences filled in between two pushes
 
     async def run(self) -> None:
         ticker = asyncio.ensure_future(self._tick()) if self._policy.tick else None
@@ -147,11 +157,15 @@ class AudioStage:
         self._resampler, self._segment = None, None
         self._pace.finished()
         self._paused = True
+        self._gap = None                              # what follows a barge-in is a new start, not a cut
 
     async def _tick(self) -> None:
+        due = time.monotonic()
         while not self._inbox.ended:
-            await asyncio.sleep(self._policy.tick)
-            self._inbox.put(Tick(time.monotonic()))
+            due += self._policy.tick
+            await sleep_until(due)
+            self._inbox.put(Tick(due))
+            due = max(due, time.monotonic())      # after a stall, the next tick a whole period later
 
     async def _consume(self) -> None:
         while True:
@@ -246,6 +260,7 @@ class AudioStage:
             start = self._timeline.append(piece, silence)
             if piece.size:
                 self._paused = silence
+                self._count_cut(piece.size, silence)
             if segment is not None:
                 self._segments.wrote(segment, start, start + piece.size)
             if not silence and self._timeline.source is not None:
@@ -253,6 +268,17 @@ class AudioStage:
             await self._emit(self._framer.push(piece.astype(np.float32, copy=False)), arrival, generation)
             if samples.size > _PIECE:
                 await asyncio.sleep(0)
+
+    def _count_cut(self, samples: int, silence: bool) -> None:
+        """Follow the stretches of filled-in silence; one shorter than ``CUT_MAX_SAMPLES`` between two
+        pushed stretches is a cut."""
+        if silence:
+            if self._gap is not None:
+                self._gap += samples
+        else:
+            if self._gap is not None and 0 < self._gap < CUT_MAX_SAMPLES:
+                self.silence_cuts += 1
+            self._gap = 0
 
     async def _emit(self, windows: list[tuple[int, np.ndarray]], arrival: float, generation: int) -> None:
         stamp = self._policy.stamp(arrival)

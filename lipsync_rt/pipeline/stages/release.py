@@ -56,7 +56,7 @@ class ReleaseStage:
         self._video_out, self._audio_out = video_out, audio_out
         self._stand_in = stand_in
         self._metrics = metrics
-        self._concealer = Concealer() if policy.live else None
+        self._concealer = Concealer() if policy.live and policy.config.conceal_drops else None
         self._waiting: dict[int, FrameResult] = {}
         self._changed = asyncio.Event()
 
