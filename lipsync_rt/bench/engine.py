@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from lipsync_rt.assets import example_face, example_speech
 from lipsync_rt.commands import ranges
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ examples:
 
 BACKENDS = ("torch", "onnx", "int8", "tensorrt", "avatar-torch", "avatar-int8")
 BASELINE = "eager"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_FACE, EXAMPLE_SPEECH = example_face(), example_speech()
 #: Dense fp16/bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet: 1979 TFLOPS with sparsity).
 H100_SXM_FP16_TFLOPS = 989.0
 REAL_TIME_FPS = 25.0
@@ -94,10 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "run, so a benchmark never leaves stale artifacts)")
     parser.add_argument("--fidelity-frames", type=ranges.number(1, 4096, integer=True), default=16,
                         help="real frames for the fidelity check (default: %(default)s)")
-    parser.add_argument("--face", default=str(EXAMPLES / "face.jpg"), help="face image for the real inputs "
-                        "(default: examples/face.jpg)")
-    parser.add_argument("--audio", default=str(EXAMPLES / "speech.wav"), help="speech for the real inputs "
-                        "(default: examples/speech.wav)")
+    parser.add_argument("--face", default=str(EXAMPLE_FACE), help="face image for the real inputs "
+                        "(default: the example face, shipped with the package)")
+    parser.add_argument("--audio", default=str(EXAMPLE_SPEECH), help="speech for the real inputs "
+                        "(default: the example speech, shipped with the package)")
     parser.add_argument("--peak-tflops", type=ranges.number(0, 1e6, above=True),
                         help="the GPU's dense fp16 peak, to report the fraction reached "
                         f"(default: {H100_SXM_FP16_TFLOPS:g} when the GPU is an H100, else not reported)")

@@ -51,7 +51,6 @@ examples:
   lipsync-rt bench pipeline --face examples/face.jpg       # avatar mode instead of a camera clip
   lipsync-rt bench pipeline --interrupt --json results/interrupt.json --plot results/interrupt.png
 """
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overhead_ms", "--overhead-ms", type=ranges.milliseconds,
                         help="processing budget D - L (default: measured at start)")
     parser.add_argument("--batch_size", type=ranges.batch, default=4, help="session batch size (default: %(default)s)")
+    parser.add_argument("--push-ms", "--push_ms", type=ranges.number(1, 1000, unit="ms"), default=10.0,
+                        help="the speech is pushed in chunks of this many ms, each when its last sample is "
+                        "due, as a sound card (10 ms) or a TTS stream (20 ms) delivers it (default: %(default)s)")
+    parser.add_argument("--push-rate", "--push_rate", type=ranges.number(8000, 192000, integer=True), default=16000,
+                        help="the speech's sample rate as pushed, e.g. 24000 for a TTS (default: %(default)s)")
     parser.add_argument("--conceal", choices=("on", "off"), default="on",
                         help="conceal dropped frames with the last generated mouth (default), or show the original "
                         "picture (for comparison)")
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         _write(result, args, interrupt.plot)
         return 0
     with tempfile.TemporaryDirectory(prefix="lipsync-bench-") as tmp:
-        clip = args.clip or str(make_clip(Path(tmp) / "clip.mp4", fps=args.fps))
+        rate = getattr(args, "push_rate", 16000)
+        clip = args.clip or str(make_clip(Path(tmp) / "clip.mp4", fps=args.fps, audio_rate=rate))
         result = asyncio.run(measure(args, clip))
     _print(result)
     _write(result, args, plot)
@@ -110,23 +115,24 @@ def _write(result: dict, args: argparse.Namespace, plotter) -> None:
         print(f"wrote {args.plot}")
 
 
-def make_clip(path: Path, fps: float = 25.0, seconds: float = 8.0) -> Path:
-    """The example face drifting slowly in a 320x288 frame, with the example speech."""
+def make_clip(path: Path, fps: float = 25.0, seconds: float = 8.0, audio_rate: int = 16000) -> Path:
+    """The example face drifting slowly in a 320x288 frame, with the example speech (at ``audio_rate``)."""
     import cv2
 
+    from lipsync_rt.assets import example_face, example_speech
     from lipsync_rt.audio import load_audio
     from lipsync_rt.media import Mp4Writer
 
-    photo = cv2.resize(cv2.imread(str(EXAMPLES / "face.jpg")), (256, 256), interpolation=cv2.INTER_AREA)
-    wav = load_audio(EXAMPLES / "speech.wav")
+    photo = cv2.resize(cv2.imread(str(example_face())), (256, 256), interpolation=cv2.INTER_AREA)
+    wav = load_audio(example_speech())
     seconds = min(seconds, len(wav) / 16000)
-    with Mp4Writer(path, fps) as writer:
+    with Mp4Writer(path, fps, audio_rate=audio_rate) as writer:
         for i in range(int(seconds * fps)):
             frame = np.full((288, 320, 3), 40, np.uint8)
             dx, dy = 20 + int(8 * np.sin(i / 20)), 12 + int(6 * np.cos(i / 25))
             frame[dy:dy + 256, dx:dx + 256] = photo
             writer.write_video(frame)
-        writer.write_audio(wav[: int(seconds * 16000)])
+        writer.write_audio(wav[: int(seconds * 16000)], rate=16000)
     return path
 
 
@@ -148,7 +154,9 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
     config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms, batch_size=args.batch_size,
                            conceal_drops=getattr(args, "conceal", "on") == "on")
     session = LipSyncSession(engine, avatar=avatar, config=config)
-    source = FileSource(clip, realtime=True, seconds=args.seconds, loop=True, video=avatar is None)
+    push_rate = getattr(args, "push_rate", 16000)
+    source = FileSource(clip, realtime=True, seconds=args.seconds, loop=True, video=avatar is None,
+                        chunk_ms=getattr(args, "push_ms", 10.0), source_audio=push_rate != 16000)
     await session.start()                  # setup (imports, warm-up) is not the steady state
     probe = LoopLagProbe().start()
     t0 = session.clock.t0
@@ -194,6 +202,7 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
         "seconds": args.seconds,
         "fps": args.fps,
         "batch_size": args.batch_size,
+        "push": {"chunk_ms": getattr(args, "push_ms", 10.0), "rate": source.rate},
         "baseline_engine_ms": baseline,
         "delay_ms": stats.delay * 1000,
         "lookahead_ms": stats.lookahead * 1000,
