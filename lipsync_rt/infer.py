@@ -143,8 +143,8 @@ def _check_inputs(options: InferOptions) -> None:
             raise MediaError(f"{label} file not found: {path}")
     if options.wav2lip_batch_size < 1:
         raise LipSyncError(f"--wav2lip_batch_size must be >= 1, got {options.wav2lip_batch_size}")
-    output_format(options.outfile)
     check_output(options.outfile, "--outfile")
+    output_format(options.outfile)
 
 
 def _engine(options: InferOptions, progress: bool) -> tuple["Engine", str]:

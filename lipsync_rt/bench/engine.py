@@ -317,7 +317,9 @@ def timed_call(engine: "Engine", backend: str, mel: "np.ndarray", face: "np.ndar
 
 def _check(args: argparse.Namespace) -> None:
     from ..errors import LipSyncError
+    from .common import check_outputs
 
+    check_outputs(args)
     if not args.seconds > 0:
         raise LipSyncError(f"--seconds must be positive, got {args.seconds}")
     if args.iters is not None and args.iters < 1:

@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         raise LipSyncError(f"--seconds must be > 0, got {args.seconds}")
     if args.idle and not (args.interrupt and args.face):
         raise LipSyncError("--idle goes with --interrupt and --face")
+    from .common import check_outputs
+
+    check_outputs(args)
     if args.interrupt:
         from . import interrupt
 

@@ -123,16 +123,17 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.factory import create_engine
     from ..errors import LipSyncError
     from ..pipeline import Avatar
-    from ..webrtc.avatars import EXAMPLE_FACE
+    from ..assets import example_face, example_speech
     from ..atomic import write_json_atomic
-    from .common import machine
+    from .common import check_outputs, machine
 
-    if not EXAMPLE_FACE.is_file():
-        raise LipSyncError(f"the benchmark needs the example face ({EXAMPLE_FACE})")
-    speech_path = EXAMPLE_FACE.with_name("speech.wav")
+    check_outputs(args)
+    face_path, speech_path = example_face(), example_speech()
+    if not face_path.is_file():
+        raise LipSyncError(f"the benchmark needs the example face ({face_path})")
     engine = create_engine(args.engine, args.checkpoint_path, device=args.device, progress=True)
-    avatar = Avatar.prepare(EXAMPLE_FACE, engine, fps=args.fps)
-    photo = cv2.resize(cv2.imread(str(EXAMPLE_FACE)), (256, 256), interpolation=cv2.INTER_AREA)
+    avatar = Avatar.prepare(face_path, engine, fps=args.fps)
+    photo = cv2.resize(cv2.imread(str(face_path)), (256, 256), interpolation=cv2.INTER_AREA)
     frame = cv2.copyMakeBorder(photo, 16, 16, 32, 32, cv2.BORDER_CONSTANT, value=(40, 40, 40))
     speech = load_audio(speech_path)
 
