@@ -46,7 +46,8 @@ def producer(start: float, seconds: float, chunk_s: float, rate: int = 24000, ji
     return out
 
 
-def simulate(pushes: list[tuple[float, object]], until: float, grace_ms: float = GRACE_MS) -> Timeline:
+def simulate(pushes: list[tuple[float, object]], until: float, grace_ms: float = GRACE_MS,
+             stall: tuple[float, float] | None = None) -> Timeline:
     """Run the audio stage over ``pushes`` with a tick every 10 ms until ``until``; the timeline it wrote
     (``timeline.stage``: the stage, for its counters)."""
     clock = MediaClock(25, delay=DELAY)
@@ -54,6 +55,10 @@ def simulate(pushes: list[tuple[float, object]], until: float, grace_ms: float =
     policy = LivePolicy(SessionConfig(audio_grace_ms=grace_ms), clock, 0.2125)
     policy.tick = None                       # the ticks are ours, stamped on the simulated clock
     ticks = [(round(0.01 * k, 6), Tick(round(0.01 * k, 6))) for k in range(1, int(until / 0.01) + 1)]
+    if stall is not None:       # the event loop does not run from stall[0] to stall[1]: one late tick, stamped
+        a, b = stall            # when it was due, then whatever the producer pushed meanwhile
+        ticks = [(t, tick) for t, tick in ticks if not a < t <= b] + [(b - 1e-6, Tick(min(t for t, _ in ticks
+                                                                                        if t > a)))]
     events = sorted(ticks + pushes, key=lambda e: (e[0], isinstance(e[1], Tick)))   # a push before a tick at once
 
     async def run() -> Timeline:
@@ -120,6 +125,16 @@ def test_a_push_later_than_its_pace_and_the_grace_is_a_counted_cut():
     timeline = simulate(pushes, 3.5)
     assert timeline.stage.silence_cuts == 1
     assert 0 < silence_within(timeline, 1.2, 2.9) < 1600
+
+
+def test_a_stall_of_the_whole_process_is_not_taken_for_a_late_producer():
+    """The event loop stops for 70 ms (a busy machine): the producer on it pushes three chunks late, at
+    once, and the tick that should have come meanwhile comes late too. The speech stays whole."""
+    pushes = producer(1.0, 2.0, 0.02, 24000)
+    stalled = [(2.07 if 2.0 < at <= 2.07 else at, push) for at, push in pushes]
+    stalled = [(at, AudioPush(p.samples, p.rate, at, p.segment, p.generation)) for at, p in stalled]
+    timeline = simulate(stalled, 3.5, stall=(2.0, 2.07))
+    assert timeline.stage.silence_cuts == 0 and silence_within(timeline, 1.1, 2.9) == 0
 
 
 def test_a_producer_that_stops_is_filled_in_after_its_pace_and_the_grace():

@@ -146,8 +146,9 @@ async def _demo(args: argparse.Namespace) -> int:
             stop()
     stats = session.stats()
     where = sink.name if isinstance(sink, VirtualCamera) else args.output
+    held = f", {stats.frames_held} of them with the last mouth held" if stats.frames_held else ""
     print(f"sent {stats.frames_out} frames to {where} ({stats.frames_generated} lip-synced, "
-          f"{stats.frames_dropped} dropped, {stats.engine_errors} engine errors); "
+          f"{stats.frames_dropped} dropped{held}, {stats.engine_errors} engine errors); "
           f"delay {stats.delay * 1000:.0f} ms (look-ahead {stats.lookahead * 1000:.0f} ms)")
     return 0
 

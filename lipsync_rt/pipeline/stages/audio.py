@@ -87,11 +87,7 @@ class Pace:
 
     def overdue(self, now: float) -> bool:
         """Whether missing audio may be filled in now."""
-        return self.expected is None or self.missed(now)
-
-    def missed(self, now: float) -> bool:
-        """Whether a producer that was pacing itself missed its pace by more than the grace."""
-        return self.expected is not None and now > self.expected + self.grace
+        return self.expected is None or now > self.expected + self.grace
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,8 +202,11 @@ class AudioStage:
             source.append(item.source, item.rate)
         held = self._resampler.held                  # earlier audio that comes out ahead of this push
         samples = self._resampler(item.samples)
-        if self._paused or self._pace.missed(item.arrival):
-            # after a pause: this speech starts as captured just before it arrived
+        if self._paused:
+            # after a pause (silence was filled in: the producer had stopped), this speech starts as
+            # captured just before it arrived. Without one it is contiguous with what came before, even
+            # if it comes late: a stall of this process held the ticks back with the producer, and
+            # silence here would shift the rest of the speech later; late frames are concealed instead.
             start = self._policy.resume_point(item.arrival, self._resampler.out_samples(item.samples.size))
             if start is not None and start - held > self._timeline.end:
                 await self._write(np.zeros(start - held - self._timeline.end, np.float32), item.arrival,
