@@ -379,6 +379,16 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def check_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Fail now, in one line, unless ``path`` is (or can be made) a folder that can be written; the
+    folder is created if missing (``--record DIR``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MediaError(f"{what} {path} is a file; give a folder")
+    check_output(path / "recording.mp4", what)
+    return path
+
+
 def h264_size_warning(width: int, height: int) -> Optional[str]:
     """A one-line warning when a WxH H.264 stream is over what most players decode, else None."""
     blocks = -(-int(width) // 16) * -(-int(height) // 16)

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="virtualcam",
                         help="'virtualcam' (default) or a video file to record to (.mp4, .mov or .mkv; the audio as it "
                         "came in: the file's or the microphone's rate and channels)")
+    parser.add_argument("--record", metavar="DIR",
+                        help="also record what is sent (video and the delayed audio) into DIR/demo-<time>.mp4, "
+                        "finalised at the end, also on Ctrl-C")
     parser.add_argument("--vcam_device", help="virtual camera device, e.g. /dev/video10 (default: the first one)")
     parser.add_argument("--vcam_backend", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
@@ -70,7 +73,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from lipsync_rt.engine.factory import create_engine
     from lipsync_rt.errors import LipSyncError, MediaError
     from lipsync_rt.io import FileSource, Microphone, Mp4Sink, VirtualCamera, Webcam, run_sinks
-    from lipsync_rt.media import CONTAINERS, check_output, output_format
+    from lipsync_rt.media import CONTAINERS, check_folder, check_output, output_format
     from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
 
     record = args.output != "virtualcam"
@@ -81,6 +84,10 @@ async def _demo(args: argparse.Namespace) -> int:
             raise LipSyncError(f"--output must be 'virtualcam' or a video file ending in "
                                f"{', '.join(sorted(CONTAINERS))}, got {args.output!r}") from None
         check_output(args.output, "--output")
+    record_path = None
+    if args.record:
+        record_path = check_folder(args.record, "--record") / time.strftime("demo-%Y%m%d-%H%M%S.mp4")
+    keep_source = record or record_path is not None      # files keep the input's own audio format
     if args.duration is not None and args.duration <= 0:
         raise LipSyncError(f"--duration must be > 0, got {args.duration}")
     if args.idle and not args.face:
@@ -105,7 +112,7 @@ async def _demo(args: argparse.Namespace) -> int:
         if args.audio:
             # a recording keeps the file's own audio (rate, channels); the model hears it at 16 kHz mono
             source = FileSource(args.audio, realtime=True, video=False, seconds=args.duration,
-                                segment="audio" if avatar is not None else None, source_audio=record)
+                                segment="audio" if avatar is not None else None, source_audio=keep_source)
             audio_format = (source.rate, source.decoded.channels, source.decoded.layout)
         else:
             microphone = Microphone(args.mic)
@@ -116,8 +123,12 @@ async def _demo(args: argparse.Namespace) -> int:
         else:
             rate, channels, layout = audio_format
             sink = Mp4Sink(args.output, args.fps, audio_rate=rate, audio_channels=channels, audio_layout=layout)
+        sinks = [sink]
+        if record_path is not None:
+            rate, channels, layout = audio_format
+            sinks.append(Mp4Sink(record_path, args.fps, audio_rate=rate, audio_channels=channels, audio_layout=layout))
 
-        config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms, source_audio=record)
+        config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms, source_audio=keep_source)
         session = LipSyncSession(engine, avatar=avatar, config=config)
         await session.start()
         status = _Status(session, sink, quiet=args.quiet)
@@ -134,7 +145,7 @@ async def _demo(args: argparse.Namespace) -> int:
         if args.duration is not None and (source is None or idle_after):
             loop.call_later(args.duration, session.end_of_input)
         try:
-            await run_sinks(session, [sink], on_frame=status.frame)
+            await run_sinks(session, sinks, on_frame=status.frame)
         finally:
             for task in tasks:
                 task.cancel()
@@ -150,6 +161,8 @@ async def _demo(args: argparse.Namespace) -> int:
     print(f"sent {stats.frames_out} frames to {where} ({stats.frames_generated} lip-synced, "
           f"{stats.frames_dropped} dropped{held}, {stats.engine_errors} engine errors); "
           f"delay {stats.delay * 1000:.0f} ms (look-ahead {stats.lookahead * 1000:.0f} ms)")
+    if record_path is not None and record_path.exists():
+        print(f"recorded to {record_path}")
     return 0
 
 

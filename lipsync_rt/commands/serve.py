@@ -17,6 +17,7 @@ examples:
   lipsync-rt serve                                   # http://127.0.0.1:8080, avatar 'face' = examples/face.jpg
   lipsync-rt serve --avatar anna=anna.mp4 --avatar bob=bob.jpg --max-sessions 8
   lipsync-rt serve --avatar anna=anna.mp4 --idle anna=anna_idle.mp4   # idles while no speech comes
+  lipsync-rt serve --token s3cret --record recordings/    # every session into recordings/<session>.mp4
   lipsync-rt serve --host 0.0.0.0 --token s3cret --stun stun:stun.example.org:3478
     (then open http://HOST:8080/?token=s3cret; browsers allow the camera only on https or localhost)
 """
@@ -52,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "none, so no outside server is contacted; needed only across NATs)")
     parser.add_argument("--max-body", type=ranges.number(1024, 64 << 20, integer=True), default=128 * 1024,
                         help="largest request body in bytes, 1024 to 64 MiB (default: %(default)s)")
+    parser.add_argument("--record", metavar="DIR",
+                        help="record every session's output (video and the delayed audio, what a viewer gets) into "
+                        "DIR/<session>.mp4, finalised when the session ends, also on Ctrl-C or a peer that vanished")
+    parser.add_argument("--push-idle-timeout", type=ranges.number(1, 86400, unit="s"), default=300.0,
+                        help="an audio-push session with no audio socket and no viewer for this long ends "
+                        "(default: %(default)s)")
     parser.add_argument("--connect-timeout", "--connect_timeout", type=ranges.number(1, 3600, unit="s"), default=20.0,
                         help="seconds a client has to connect after its offer was answered; one that has not is "
                         "closed, and its session freed (default: %(default)s)")
@@ -62,11 +69,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.factory import create_engine
     from ..errors import LipSyncError
+    from ..media import check_folder
     from ..webrtc import ServerConfig, default_avatar_specs, parse_avatar_specs, parse_idle_specs
     from ..webrtc.server import serve_forever
 
+    record = check_folder(args.record, "--record") if args.record else None
     config = ServerConfig(host=args.host, port=args.port, token=args.token or None, max_sessions=args.max_sessions,
-                          max_body=args.max_body, ice_servers=tuple(args.stun), connect_timeout=args.connect_timeout)
+                          max_body=args.max_body, ice_servers=tuple(args.stun), connect_timeout=args.connect_timeout,
+                          record_dir=record, push_idle_timeout=args.push_idle_timeout)
     avatars = parse_avatar_specs(args.avatar) if args.avatar else default_avatar_specs()
     idle = parse_idle_specs(args.idle, avatars)
     if args.fps <= 0:
