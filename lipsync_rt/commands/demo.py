@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", metavar="DIR",
                         help="also record what is sent (video and the delayed audio) into DIR/demo-<time>.mp4, "
                         "finalised at the end, also on Ctrl-C")
+    parser.add_argument("--rtmp", metavar="URL",
+                        help="also stream what is sent to this RTMP server (rtmp://HOST/APP/KEY; H.264 + AAC in FLV), "
+                        "reconnecting with back-off if it drops")
     parser.add_argument("--vcam_device", help="virtual camera device, e.g. /dev/video10 (default: the first one)")
     parser.add_argument("--vcam_backend", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
@@ -87,6 +90,8 @@ async def _demo(args: argparse.Namespace) -> int:
     record_path = None
     if args.record:
         record_path = check_folder(args.record, "--record") / time.strftime("demo-%Y%m%d-%H%M%S.mp4")
+    if args.rtmp is not None and not args.rtmp.startswith(("rtmp://", "rtmps://")):
+        raise LipSyncError(f"--rtmp must be a URL starting with rtmp:// or rtmps://, got {args.rtmp!r}")
     keep_source = record or record_path is not None      # files keep the input's own audio format
     if args.duration is not None and args.duration <= 0:
         raise LipSyncError(f"--duration must be > 0, got {args.duration}")
@@ -127,6 +132,12 @@ async def _demo(args: argparse.Namespace) -> int:
         if record_path is not None:
             rate, channels, layout = audio_format
             sinks.append(Mp4Sink(record_path, args.fps, audio_rate=rate, audio_channels=channels, audio_layout=layout))
+        rtmp = None
+        if args.rtmp:
+            from lipsync_rt.io.rtmp import RtmpSink
+
+            rtmp = RtmpSink(args.rtmp, args.fps)
+            sinks.append(rtmp)
 
         config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms, source_audio=keep_source)
         session = LipSyncSession(engine, avatar=avatar, config=config)
@@ -163,6 +174,10 @@ async def _demo(args: argparse.Namespace) -> int:
           f"delay {stats.delay * 1000:.0f} ms (look-ahead {stats.lookahead * 1000:.0f} ms)")
     if record_path is not None and record_path.exists():
         print(f"recorded to {record_path}")
+    if rtmp is not None:
+        s = rtmp.stats
+        print(f"streamed {s.frames_sent} frames and {s.audio_sent_s:.1f} s of audio over RTMP; lost {s.frames_lost} "
+              f"frames and {s.audio_lost_s:.1f} s of audio; {s.reconnects} reconnects")
     return 0
 
 
