@@ -95,7 +95,7 @@ def test_sessions_are_recorded_however_they_end(engine, avatar, tmp_path, speech
     peak, onset = audio_level(folder / f"{deleted}.mp4")
     assert peak > 0.2                                          # the pushed tone, as the viewers heard it
     assert onset >= 0.3 and info.video_duration_s >= onset + 0.9   # after the idle start, then all of it
-    assert probe(folder / f"{hung_up}.mp4").video_duration_s >= 0.8
+    assert probe(folder / f"{hung_up}.mp4").video_duration_s >= 0.4       # 1 s connected, less D and set-up
     frames = list(iter_video_frames(folder / f"{running}.mp4"))
     assert len(frames) >= 10                                   # 0.8 s less the delay D
 
