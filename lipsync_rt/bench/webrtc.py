@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", choices=("process", "inline"), default="process",
                         help="where the loopback clients run: a separate process, so the figures are the server's "
                         "own, or the server's own process and event loop (default: %(default)s)")
+    parser.add_argument("--client-processes", type=ranges.number(1, 64, integer=True), default=1,
+                        help="with --clients process: how many processes share the clients (a machine serving "
+                        "dozens of sessions needs several to decode them all; default: %(default)s)")
     parser.add_argument("--profile", action="store_true",
                         help="also report where the server's CPU goes, by thread (event loop, engine, blending, "
                         "encoders, ...), and plot it")
@@ -101,14 +104,15 @@ def _client_process(url: str, count: int, mode: str, fps: float, frame, speech, 
 
 
 class _Clients:
-    """Loopback clients, inline (this loop) or in a separate process; ``window(t0, t1)`` gives the frame
-    rate each received in that window, and the CPU the clients used (None inline: it is in the server's)."""
+    """Loopback clients, inline (this loop) or in ``--client-processes`` separate processes (the
+    clients dealt out in turn); ``finish()`` gives the frame rate each received in the measured window,
+    and the CPU the client processes used (None inline: it is in the server's)."""
 
     def __init__(self, url: str, http, count: int, args: argparse.Namespace, frame, speech) -> None:
         self.url, self.http, self.count, self.args = url, http, count, args
         self.frame, self.speech = frame, speech
         self.clients: list = []
-        self.process = None
+        self.processes: list = []           # (process, commands, results)
 
     async def connect(self) -> None:
         import asyncio
@@ -123,46 +127,57 @@ class _Clients:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
-        self.commands, self.results = ctx.Queue(), ctx.Queue()
-        self.process = ctx.Process(target=_client_process, daemon=True, args=(
-            self.url, self.count, self.args.mode, self.args.fps, self.frame, self.speech, self.commands, self.results))
-        self.process.start()
-        reply = await self._result(120.0)
-        if reply != "connected":
-            raise RuntimeError(f"the client process failed: {reply}")
+        processes = min(self.count, self.args.client_processes)
+        for k in range(processes):
+            share = len(range(k, self.count, processes))
+            commands, results = ctx.Queue(), ctx.Queue()
+            process = ctx.Process(target=_client_process, daemon=True, args=(
+                self.url, share, self.args.mode, self.args.fps, self.frame, self.speech, commands, results))
+            process.start()
+            self.processes.append((process, commands, results))
+        for reply in await asyncio.gather(*(self._result(results, 120.0) for _, _, results in self.processes)):
+            if reply != "connected":
+                raise RuntimeError(f"a client process failed: {reply}")
 
-    async def _result(self, timeout: float):
+    @staticmethod
+    async def _result(results, timeout: float):
         import asyncio
         import queue
 
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, lambda: self.results.get(timeout=timeout))
+            return await loop.run_in_executor(None, lambda: results.get(timeout=timeout))
         except queue.Empty:
-            raise RuntimeError("the client process did not answer") from None
+            raise RuntimeError("a client process did not answer") from None
 
     def start_window(self, t0: float, t1: float) -> None:
         self.t0, self.t1 = t0, t1
-        if self.process is not None:
-            self.commands.put((t0, t1))
+        for _, commands, _ in self.processes:
+            commands.put((t0, t1))
 
     async def finish(self) -> tuple[list[float], "float | None"]:
-        if self.process is None:
+        import asyncio
+
+        if not self.processes:
             fps = [sum(1 for t in c.received.video_times if self.t0 <= t < self.t1) / (self.t1 - self.t0)
                    for c in self.clients]
             for client in self.clients:
                 await client.close(self.http)
             return fps, None
-        reply = await self._result(60.0)
-        if "error" in reply:
-            raise RuntimeError(f"the client process failed: {reply['error']}")
-        return reply["fps"], reply["cpu_cores"]
+        replies = await asyncio.gather(*(self._result(results, 60.0) for _, _, results in self.processes))
+        fps, cpu = [], 0.0
+        for reply in replies:
+            if "error" in reply:
+                raise RuntimeError(f"a client process failed: {reply['error']}")
+            fps += reply["fps"]
+            cpu += reply["cpu_cores"]
+        return fps, cpu
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.join(10)
-            if self.process.is_alive():
-                self.process.kill()
+        for process, _, _ in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
 
 
 async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech: "np.ndarray",
