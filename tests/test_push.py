@@ -210,6 +210,9 @@ def test_pushed_speech_plays_with_events_and_viewers_share_the_session(engine, a
     for rec in received:                   # both viewers got the session's video and its speech
         assert len(rec.video_times) >= 25 and rec.audio_frames >= 50 and rec.audio_peak > 0.05
         assert rec.size == (avatar.frames[0].shape[1], avatar.frames[0].shape[0])
+    # the two viewers' video was encoded once: every picture served twice (give or take the ends)
+    encoders = push.hub.encoders
+    assert encoders.encoded >= 25 and encoders.served >= 1.8 * encoders.encoded, (encoders.encoded, encoders.served)
     assert code == CloseCode.NORMAL
     assert not server.pushes and not server.peers and not push.session.running
     assert push.hub.broadcast.subscribers == 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..io.fanout import Broadcast, Subscription
+from .shared_video import SharedEncoders
 
 if TYPE_CHECKING:
     from ..io.rtmp import RtmpSink
@@ -39,6 +40,7 @@ class SessionHub:
         self.session = session
         self.id = id
         self.broadcast = Broadcast(session)
+        self.encoders = SharedEncoders()      # viewers' video, encoded once per codec
         self.record_path = Path(record_dir) / f"{id}.mp4" if record_dir is not None else None
         self.rtmp_url = rtmp
         self.rtmp: Optional["RtmpSink"] = None

@@ -36,6 +36,7 @@ from .metrics import CONTENT_TYPE, ServerMetrics, render
 from .peer import Peer
 from .push import PushSession
 from .push_protocol import IDLE_TIMEOUT_S, MAX_AHEAD_S, MAX_MESSAGE_BYTES, CloseCode
+from .shared_video import share_encoder
 
 if TYPE_CHECKING:
     from ..engine import Engine, MicroBatcher
@@ -242,6 +243,7 @@ class LipSyncServer:
     async def _answer_viewer(self, offer: OfferRequest, push: PushSession) -> web.Response:
         peer = await self._connect(offer, lambda pc: Peer(pc, push.hub, "avatar", self.metrics, self._forget,
                                                           viewer=True))
+        share_encoder(peer.pc, peer.video_track, push.hub.encoders)   # one video encoder per codec, all viewers
         if push.closed:                      # deleted while we negotiated
             await peer.close("the session ended")
             raise HTTPRefusal(404, "no such session (it may have ended already)", "not_found")
