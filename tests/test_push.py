@@ -329,3 +329,56 @@ def test_the_espeak_example_streams_replies_and_hears_their_events(engine, avata
     assert "'segment': 1, 'position'" in out and "'interrupted': False" in out
     assert "'segment': 2, 'position'" in out and "'interrupted': True" in out
     assert "session deleted (200)" in out
+
+
+def own_tasks() -> list[str]:
+    """The running tasks, less the long-lived shared ones (the batcher's collector, aiohttp's keep-alive
+    handlers): what sessions start must all be gone after they end."""
+    shared = ("MicroBatcher._collect", "RequestHandler.start")
+    return sorted(n for n in (t.get_coro().__qualname__ for t in asyncio.all_tasks()) if n not in shared)
+
+
+def test_push_sessions_leave_nothing_behind(engine, avatar):
+    """Sessions made, spoken into (also badly), watched and deleted, or dropped by a vanished client:
+    afterwards no session object survives and the loop runs no more tasks than before."""
+    import gc
+    import weakref
+
+    async def run():
+        async with Served(engine, {"face": avatar}, socket_idle_timeout=0.3, push_idle_timeout=0.6) as served:
+            await asyncio.sleep(0.2)
+            baseline = own_tasks()
+            refs = []
+            for k in range(3):
+                sid = await served.create()
+                refs.append(weakref.ref(served.server.pushes[sid].session))
+                viewer = LoopbackClient(served.url, session=sid, token=TOKEN, fps=FPS)
+                await viewer.connect(served.http)
+                for _ in range(50):      # connected (aiortc's own tasks of a connection closed while still
+                    if viewer.pc.connectionState == "connected":       # connecting outlive it: not ours)
+                        break
+                    await asyncio.sleep(0.1)
+                async with served.socket(sid) as ws:
+                    await ws.send_str(json.dumps({"type": "start", "sample_rate": 16000}))
+                    await ws.send_bytes(tone(0.2, 16000))
+                    if k == 1:
+                        await ws.send_bytes(b"\x00")            # odd: closed by the server
+                        await closed_with(ws)
+                await viewer.close(served.http)
+                if k < 2:
+                    async with served.http.delete(f"{served.url}/sessions/{sid}", headers=AUTH) as response:
+                        assert response.status == 200
+            for _ in range(40):                                 # the last one: ended for being unused
+                if not served.server.pushes:
+                    break
+                await asyncio.sleep(0.1)
+            for _ in range(30):              # aiortc's own tasks of the closed connections wind down
+                await asyncio.sleep(0.1)
+                if own_tasks() == baseline:
+                    break
+            gc.collect()
+            return baseline, own_tasks(), [ref() is None for ref in refs], dict(served.server.pushes)
+
+    baseline, after, freed, left = asyncio.run(run())
+    assert left == {} and all(freed), freed
+    assert after == baseline
