@@ -382,3 +382,35 @@ def test_push_sessions_leave_nothing_behind(engine, avatar):
     baseline, after, freed, left = asyncio.run(run())
     assert left == {} and all(freed), freed
     assert after == baseline
+
+
+def test_a_shared_encoder_encodes_each_picture_once_and_resyncs_a_viewer_that_skipped():
+    from types import SimpleNamespace
+
+    from aiortc import RTCRtpCodecParameters
+
+    from lipsync_rt.webrtc.shared_video import SharedEncoders, ViewerEncoder
+
+    class Fake:
+        target_bitrate = 500_000
+
+        def __init__(self):
+            self.calls = []
+
+        def encode(self, frame, force):
+            self.calls.append((frame.pts, force))
+            return [bytes([frame.pts])], frame.pts * 3600
+
+    encoders = SharedEncoders()
+    shared = encoders.for_codec(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96))
+    assert encoders.for_codec(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97)) is shared
+    shared._encoder = fake = Fake()
+    a, b = ViewerEncoder(shared), ViewerEncoder(shared)
+    frame = lambda pts: SimpleNamespace(pts=pts)  # noqa: E731
+    for viewer, pts in [(a, 0), (b, 0), (a, 1), (b, 1), (a, 2), (a, 3), (b, 3), (a, 4), (b, 4)]:
+        assert viewer.encode(frame(pts)) == ([bytes([pts])], pts * 3600)   # the same payloads for both
+    assert [pts for pts, _ in fake.calls] == [0, 1, 2, 3, 4]             # each picture encoded once
+    assert [force for _, force in fake.calls] == [False, False, False, False, True]   # b skipped 2: a key frame
+    assert (b.skips, a.skips, encoders.encoded, encoders.served) == (1, 0, 5, 9)
+    b.target_bitrate = 300_000
+    assert fake.target_bitrate == 300_000

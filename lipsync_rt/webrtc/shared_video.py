@@ -9,10 +9,11 @@ encodes it, the others get the same payloads. Each viewer's track stamps a frame
 own pts (``SessionVideoTrack``), so the same picture has the same pts in every sender.
 
 A viewer that asks for a key frame (a new viewer, a PLI after loss) gets one on the next picture, for
-everyone: cheaper than a second encoder. Bit-rate estimates from the viewers' receivers set the one
-encoder's rate (the most recent wins). This reaches into one private attribute of aiortc's
-``RTCRtpSender``; if a later aiortc renames it, :func:`share_encoder` says so and the viewer keeps its
-own encoder.
+everyone: cheaper than a second encoder. So does a viewer that missed pictures the others got (its
+queue was full: it fell behind), since its next delta frame refers to one it never saw. Bit-rate
+estimates from the viewers' receivers set the one encoder's rate (the most recent wins). This reaches
+into one private attribute of aiortc's ``RTCRtpSender``; if a later aiortc renames it,
+:func:`share_encoder` says so and the viewer keeps its own encoder.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class SharedVideoEncoder:
     def __init__(self, codec: "RTCRtpCodecParameters") -> None:
         self._encoder = get_encoder(codec)
         self._lock = threading.Lock()
-        self._cache: OrderedDict[int, tuple[list[bytes], int]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[int, tuple[list[bytes], int]]] = OrderedDict()  # pts -> (serial, out)
         self._keyframe = False
         self.encoded = 0            # pictures encoded
         self.served = 0             # pictures handed to a sender
@@ -54,7 +55,9 @@ class SharedVideoEncoder:
     def request_keyframe(self) -> None:
         self._keyframe = True
 
-    def encode(self, frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+    def encode_numbered(self, frame, force_keyframe: bool = False) -> tuple[int, tuple[list[bytes], int]]:
+        """``(serial, (payloads, timestamp))``: serials count the pictures encoded, so a viewer can tell
+        it skipped one."""
         with self._lock:
             if force_keyframe:
                 self._keyframe = True
@@ -63,12 +66,15 @@ class SharedVideoEncoder:
             if hit is not None:
                 return hit
             force, self._keyframe = self._keyframe, False
-            result = self._encoder.encode(frame, force)
+            result = (self.encoded, self._encoder.encode(frame, force))
             self.encoded += 1
             self._cache[frame.pts] = result
             while len(self._cache) > CACHED:
                 self._cache.popitem(last=False)
             return result
+
+    def encode(self, frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        return self.encode_numbered(frame, force_keyframe)[1]
 
     def pack(self, packet) -> tuple[list[bytes], int]:
         with self._lock:
@@ -81,6 +87,35 @@ class SharedVideoEncoder:
     @target_bitrate.setter
     def target_bitrate(self, value: int) -> None:
         self._encoder.target_bitrate = value
+
+
+class ViewerEncoder:
+    """What one viewer's sender holds: the shared encoder, plus a key frame asked for whenever this
+    viewer skipped a picture the others got."""
+
+    def __init__(self, shared: SharedVideoEncoder) -> None:
+        self.shared = shared
+        self._last: Optional[int] = None
+        self.skips = 0
+
+    def encode(self, frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        serial, result = self.shared.encode_numbered(frame, force_keyframe)
+        if self._last is not None and serial > self._last + 1:
+            self.skips += 1
+            self.shared.request_keyframe()       # this picture refers to one it never got; the next will not
+        self._last = serial if self._last is None else max(self._last, serial)
+        return result
+
+    def pack(self, packet) -> tuple[list[bytes], int]:
+        return self.shared.pack(packet)
+
+    @property
+    def target_bitrate(self) -> int:
+        return self.shared.target_bitrate
+
+    @target_bitrate.setter
+    def target_bitrate(self, value: int) -> None:
+        self.shared.target_bitrate = value
 
 
 class SharedEncoders:
@@ -104,7 +139,8 @@ class SharedEncoders:
         return sum(e.served for e in self._encoders.values())
 
 
-def share_encoder(pc: "RTCPeerConnection", track: "MediaStreamTrack", encoders: SharedEncoders) -> Optional[SharedVideoEncoder]:
+def share_encoder(pc: "RTCPeerConnection", track: "MediaStreamTrack",
+                  encoders: SharedEncoders) -> Optional[ViewerEncoder]:
     """Give the sender of ``track`` on ``pc`` (negotiated: call after ``setLocalDescription``) the shared
     encoder for its codec, before its first frame. None (and the sender's own encoder) if that cannot
     be done."""
@@ -118,6 +154,7 @@ def share_encoder(pc: "RTCPeerConnection", track: "MediaStreamTrack", encoders: 
             return None
         shared = encoders.for_codec(codecs[0])
         shared.request_keyframe()                      # the new viewer starts with a complete picture
-        setattr(sender, _SENDER_ENCODER, shared)
-        return shared
+        viewer = ViewerEncoder(shared)
+        setattr(sender, _SENDER_ENCODER, viewer)
+        return viewer
     return None
