@@ -237,6 +237,8 @@ def test_bad_input_gets_a_reason_and_the_session_goes_on(engine, avatar):
             sid = await served.create()
             async with http.get(f"{url}/sessions/{sid}/audio") as r:          # the socket needs the token too
                 results["socket no token"] = r.status
+            async with http.get(f"{url}/sessions/{sid}/audio", headers=AUTH) as r:     # not a WebSocket
+                results["plain GET"] = (r.status, (await r.json())["error"])
             push = served.server.pushes[sid]
 
             async def attempt(*messages):
@@ -282,6 +284,7 @@ def test_bad_input_gets_a_reason_and_the_session_goes_on(engine, avatar):
     for path in ("/sessions/nope/audio", "/sessions/nope/interrupt", "/sessions/nope"):
         assert r[path][0] == 404 and "no such session" in r[path][1]
     assert r["socket no token"] == 401
+    assert r["plain GET"][0] == 400 and "WebSocket" in r["plain GET"][1]
     assert r["before start"] == (CloseCode.BAD_MESSAGE, r["before start"][1]) and "audio before" in r["before start"][1]
     assert r["odd bytes"][0] == CloseCode.BAD_MESSAGE and "641 bytes" in r["odd bytes"][1]
     assert r["rate"][0] == CloseCode.BAD_MESSAGE and "outside 8000-96000" in r["rate"][1]

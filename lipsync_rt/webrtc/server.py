@@ -328,13 +328,16 @@ class LipSyncServer:
             self.metrics.rejected[refusal.kind] += 1
             return _json_error(refusal.status, refusal.reason)
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message, heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            self.metrics.rejected["bad_request"] += 1
+            return _json_error(400, "this route is a WebSocket: connect with 'Upgrade: websocket'")
         push.socket = ws                      # claimed before the first await: a second client gets 409
         try:
             await ws.prepare(request)
             await push.serve_socket(ws)
         finally:
             push.socket = None
-            if not ws.closed:
+            if ws.prepared and not ws.closed:
                 await ws.close(code=int(CloseCode.NORMAL))
         return ws
 
