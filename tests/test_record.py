@@ -62,6 +62,7 @@ def test_sessions_are_recorded_however_they_end(engine, avatar, tmp_path, speech
                 await next_json(ws, "playback_finished")
             async with served.http.delete(f"{served.url}/sessions/{deleted}", headers=AUTH) as response:
                 assert response.status == 200
+                assert (await response.json())["record"] == str(folder / f"{deleted}.mp4")
             assert (folder / f"{deleted}.mp4").exists()    # complete when DELETE answers
 
             # 2. a browser-style session whose peer hangs up without a word

@@ -121,12 +121,14 @@ def test_a_push_session_streams_to_its_rtmp_url():
                 await ws.send_bytes(tone(1.0, 16000))
                 await ws.send_str('{"type": "end_of_segment"}')
                 await next_json(ws, "playback_finished")
-            stats_before_delete = served.server.pushes[sid].hub.rtmp
+            sink = served.server.pushes[sid].hub.rtmp
             async with served.http.delete(f"{served.url}/sessions/{sid}", headers=AUTH) as response:
                 assert response.status == 200
-            return stats_before_delete.stats
+                answer = await response.json()
+            return sink.stats, answer
 
-    stats = asyncio.run(run())
+    stats, answer = asyncio.run(run())
+    assert answer["rtmp"]["frames_sent"] == stats.frames_sent and answer["rtmp"]["frames_lost"] == 0
     got = receiver.result()
     assert got["error"] is None, got["error"]
     assert stats.connects == 1 and stats.frames_lost == 0

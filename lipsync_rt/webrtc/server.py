@@ -359,7 +359,16 @@ class LipSyncServer:
             self.metrics.rejected[refusal.kind] += 1
             return _json_error(refusal.status, refusal.reason)
         await self._end_push(push, "deleted by the client")
-        return web.json_response({"closed": push.id})
+        answer: dict = {"closed": push.id}
+        hub = push.hub
+        if hub.record_path is not None:
+            answer["record"] = str(hub.record_path) if hub.record_path.exists() else None
+        if hub.rtmp is not None:                       # what reached the RTMP server, and what was lost
+            s = hub.rtmp.stats
+            answer["rtmp"] = {"frames_sent": s.frames_sent, "frames_lost": s.frames_lost,
+                              "audio_sent_s": round(s.audio_sent_s, 3), "audio_lost_s": round(s.audio_lost_s, 3),
+                              "reconnects": s.reconnects, "failures": s.failures}
+        return web.json_response(answer)
 
     async def close_session(self, request: web.Request) -> web.Response:
         try:
