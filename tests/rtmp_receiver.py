@@ -56,12 +56,26 @@ class Receiver:
     waits for what it got."""
 
     def __init__(self, url: str, seconds: float = 60.0, timeout: float = 20.0) -> None:
+        self.url = url
         ctx = multiprocessing.get_context("spawn")
         self._results = ctx.Queue()
         self._process = ctx.Process(target=_receive, args=(url, seconds, timeout, self._results), daemon=True)
 
-    def start(self) -> "Receiver":
+    def start(self, timeout: float = 20.0) -> "Receiver":
+        """Start listening; returns once the port answers (the probe connection is absorbed: the
+        receiver listens again), so a sender that connects next is taken at once."""
+        import time
+
         self._process.start()
+        host, port = self.url.split("//", 1)[1].split("/", 1)[0].split(":")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((host, int(port)), timeout=1.0):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.2)                     # it listens again after the probe
         return self
 
     def result(self, timeout: float = 30.0) -> dict:
