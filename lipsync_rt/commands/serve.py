@@ -10,7 +10,9 @@ from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ran
 DESCRIPTION = (
     "Serve lip sync over WebRTC: open the printed address in a browser. Camera mode sends your webcam and "
     "microphone and returns your face lip-synced to your voice; avatar mode sends the microphone (or an audio "
-    "file) and returns a prepared avatar speaking it. Many sessions share one engine through a micro-batcher."
+    "file) and returns a prepared avatar speaking it. An audio-push API (POST /sessions, a WebSocket of PCM) lets "
+    "a TTS or any program drive an avatar that browsers watch; --record keeps every session as an mp4. Many "
+    "sessions share one engine through a micro-batcher."
 )
 EPILOG = """\
 examples:
@@ -18,6 +20,7 @@ examples:
   lipsync-rt serve --avatar anna=anna.mp4 --avatar bob=bob.jpg --max-sessions 8
   lipsync-rt serve --avatar anna=anna.mp4 --idle anna=anna_idle.mp4   # idles while no speech comes
   lipsync-rt serve --token s3cret --record recordings/    # every session into recordings/<session>.mp4
+    python examples/push_tts.py --token s3cret "Hello."  # speech pushed over the audio-push API (README)
   lipsync-rt serve --host 0.0.0.0 --token s3cret --stun stun:stun.example.org:3478
     (then open http://HOST:8080/?token=s3cret; browsers allow the camera only on https or localhost)
 """
