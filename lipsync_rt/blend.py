@@ -314,6 +314,11 @@ def lower_face_mask(
 # --------------------------------------------------------------------------------------------------
 
 
+# A source whose chroma (YCrCb) varies less than this in the feather band has no colour of its own to
+# match: a black-and-white photo, a sepia print, a monochrome camera.
+_MONOCHROME_CHROMA_SD = 3.0
+
+
 def _match_colour(gen: np.ndarray, orig: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Shift/scale the generated face's channels so they match the original's around the mask edge.
 
@@ -322,10 +327,18 @@ def _match_colour(gen: np.ndarray, orig: np.ndarray, mask: np.ndarray) -> np.nda
     in the fully generated core, where the mouth legitimately differs (teeth, an open mouth). The
     per-channel affine correction is applied as a 256-entry lookup table on the uint8 face, which
     costs next to nothing.
+
+    A monochrome source (grey, or one tint throughout) keeps its colours: per-channel gains cannot
+    take a colour model's skin and lips to grey (they are clamped, and the lips differ from the band),
+    which left a blue-cyan cast on the lower face and a seam under the nose. There the generated face
+    contributes only its brightness, matched the same way, in the source's own tint.
     """
     band = ((mask > 0.05) & (mask < 0.95)).view(np.uint8)
     if cv2.countNonZero(band) < 16:
         return gen
+    tint = _monochrome_tint(orig, band)
+    if tint is not None:
+        return _match_luma(gen, orig, band, tint)
     mu_g, sd_g = cv2.meanStdDev(gen, mask=band)
     mu_o, sd_o = cv2.meanStdDev(orig, mask=band)
     gain = np.clip(sd_o / np.maximum(sd_g, 1e-3), *_GAIN_LIMITS)
@@ -333,6 +346,31 @@ def _match_colour(gen: np.ndarray, orig: np.ndarray, mask: np.ndarray) -> np.nda
     lut = (levels - mu_g.T) * gain.T + mu_o.T  # [256, 3]
     lut = np.clip(np.rint(lut), 0, 255).astype(np.uint8).reshape(256, 1, 3)
     return cv2.LUT(gen, lut)
+
+
+def _monochrome_tint(orig: np.ndarray, band: np.ndarray) -> Optional[Tuple[float, float]]:
+    """The source's (Cr, Cb) in the band when it has no colour variation there, else None."""
+    ycrcb = cv2.cvtColor(orig, cv2.COLOR_BGR2YCrCb)
+    mean, sd = cv2.meanStdDev(ycrcb, mask=band)
+    if max(float(sd[1, 0]), float(sd[2, 0])) >= _MONOCHROME_CHROMA_SD:
+        return None
+    return float(mean[1, 0]), float(mean[2, 0])
+
+
+def _match_luma(gen: np.ndarray, orig: np.ndarray, band: np.ndarray, tint: Tuple[float, float]) -> np.ndarray:
+    """The generated face's brightness, matched to the source's in the band (as the channels are for a
+    colour source), in the source's one tint."""
+    luma_g = cv2.cvtColor(gen, cv2.COLOR_BGR2GRAY)
+    luma_o = cv2.cvtColor(orig, cv2.COLOR_BGR2GRAY)
+    mu_g, sd_g = cv2.meanStdDev(luma_g, mask=band)
+    mu_o, sd_o = cv2.meanStdDev(luma_o, mask=band)
+    gain = float(np.clip(sd_o[0, 0] / max(sd_g[0, 0], 1e-3), *_GAIN_LIMITS))
+    lut = np.clip(np.rint((np.arange(256) - mu_g[0, 0]) * gain + mu_o[0, 0]), 0, 255).astype(np.uint8)
+    ycrcb = np.empty(gen.shape, np.uint8)
+    ycrcb[..., 0] = cv2.LUT(luma_g, lut)
+    ycrcb[..., 1] = int(round(tint[0]))
+    ycrcb[..., 2] = int(round(tint[1]))
+    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
 
 
 def _transfer_detail(gen: np.ndarray, box_pixels: np.ndarray, size: Tuple[int, int], rect: Tuple[slice, slice],

@@ -21,3 +21,8 @@ class CheckpointError(LipSyncError):
 
 class NoFaceError(LipSyncError):
     """No face was found anywhere in the input."""
+
+
+class RangeError(LipSyncError, ValueError):
+    """A number outside the range it can have (a frame rate of 0 or infinity, say); also a ValueError,
+    which is what the functions raising it raised before they said so in one line."""

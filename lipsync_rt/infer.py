@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Optional, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from .audio import SAMPLE_RATE, check_finite, frame_count, load_audio
+from .audio import SAMPLE_RATE, check_finite, decode_audio, frame_count
 from .default_model import describe_checkpoint, require_checkpoint
 from .engine.factory import DEFAULT_ENGINE
 from .errors import LipSyncError, MediaError
 from .face import analyse_clip
 from .io.sinks import Mp4Sink, run_sinks
-from .media import read_face_source
+from .media import check_output, output_format, read_face_source
 from .pipeline import Avatar, LipSyncSession, SessionConfig, SessionStats
 
 if TYPE_CHECKING:
@@ -89,7 +89,9 @@ def run_inference(
     source = read_face_source(
         options.face, fps=options.fps, resize_factor=options.resize_factor, rotate=options.rotate, crop=options.crop
     )
-    wav = load_audio(options.audio)
+    # The model hears 16 kHz mono; the output carries the audio as the file has it (rate, channels).
+    decoded = decode_audio(options.audio, keep_source=True)
+    wav = decoded.mono16k
     count = frame_count(len(wav), source.fps, getattr(engine, "mel_offset", 0))
     check_finite(wav)
 
@@ -111,7 +113,8 @@ def run_inference(
     config = SessionConfig(fps=source.fps, live=False, batch_size=options.wav2lip_batch_size, blend=options.blend,
                            detail=options.detail, encoder_cache=False)
     bar = tqdm(total=count, unit="frame", desc="lip sync", disable=not progress, file=log, leave=False)
-    sink = Mp4Sink(options.outfile, source.rate)
+    height, width = frames[0].shape[:2]
+    sink = Mp4Sink(options.outfile, source.rate, file_audio=decoded, width=width, height=height)
     try:
         stats = asyncio.run(_play(engine, avatar, config, wav, sink, bar))
         if stats.engine_errors:
@@ -134,11 +137,14 @@ def run_inference(
 
 
 def _check_inputs(options: InferOptions) -> None:
+    """What can be checked in a moment is checked before the engine, decoding and face tracking."""
     for label, path in (("face", options.face), ("audio", options.audio)):
         if not Path(path).is_file():
             raise MediaError(f"{label} file not found: {path}")
     if options.wav2lip_batch_size < 1:
         raise LipSyncError(f"--wav2lip_batch_size must be >= 1, got {options.wav2lip_batch_size}")
+    check_output(options.outfile, "--outfile")
+    output_format(options.outfile)
 
 
 def _engine(options: InferOptions, progress: bool) -> tuple["Engine", str]:

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import os
 import secrets
+import tempfile
 import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import av
 import cv2
@@ -185,8 +186,10 @@ def read_face_source(
         raise MediaError(f"{path}: resize_factor must be an integer >= 1, got {resize_factor}")
     if len(crop) != 4:
         raise MediaError(f"{path}: crop needs 4 values (top, bottom, left, right), got {tuple(crop)}")
-    if not fps > 0:
-        raise MediaError(f"{path}: fps must be > 0, got {fps}")
+    try:
+        as_rate(fps)
+    except ValueError as e:
+        raise MediaError(f"{path}: {e}") from None
 
     def prepare(image: np.ndarray) -> np.ndarray:
         try:
@@ -331,8 +334,150 @@ def _remove(path: str) -> None:
         pass
 
 
+#: Output containers by extension: each holds H.264 video and AAC audio. Anything else (.avi, .webm, no
+#: extension) is refused before any work, rather than silently written as something else.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+#: Sample rates the AAC encoder takes; another rate is resampled to the nearest one above (96 kHz at most).
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+#: Channel layouts written for a channel count whose own layout AAC cannot take (or that names no order).
+AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+_AAC_NAMED = frozenset({"mono", "stereo", "2.1", "3.0", "3.0(back)", "4.0", "quad", "5.0", "5.0(side)", "5.1",
+                        "5.1(side)", "6.0", "6.1", "7.0", "7.1", "7.1(wide)", "hexagonal"})
+#: H.264 level 5.2's largest frame (36 864 macroblocks, 4096x2304): many players, browsers and hardware
+#: decoders refuse anything larger.
+H264_MAX_MACROBLOCKS = 36864
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The container FFmpeg writes for ``path``'s extension, or a one-line MediaError naming the choices."""
+    suffix = Path(path).suffix.lower()
+    if suffix in CONTAINERS:
+        return CONTAINERS[suffix]
+    choices = ", ".join(sorted(CONTAINERS))
+    what = f"'{suffix}'" if suffix else "no extension"
+    raise MediaError(f"{path}: cannot write a video file with {what}; name it with one of {choices}")
+
+
+def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail now, in one line, if ``path`` cannot be written (before minutes of work, not after).
+
+    The folder is created if missing; a path that is a folder, or a folder that is a file or cannot be
+    written, is refused (outputs are written beside the destination and renamed onto it, so the
+    folder is what must be writable). Nothing is left behind: the probe file is removed at once.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MediaError(f"{what} {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe_fd, probe_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent)
+    except OSError as e:
+        raise MediaError(f"cannot write the {what} {path}: {_short(e)}") from None
+    os.close(probe_fd)
+    _remove(probe_name)
+    return path
+
+
+def check_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Fail now, in one line, unless ``path`` is (or can be made) a folder that can be written; the
+    folder is created if missing (``--record DIR``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MediaError(f"{what} {path} is a file; give a folder")
+    check_output(path / "recording.mp4", what)
+    return path
+
+
+def h264_size_warning(width: int, height: int) -> Optional[str]:
+    """A one-line warning when a WxH H.264 stream is over what most players decode, else None."""
+    blocks = -(-int(width) // 16) * -(-int(height) // 16)
+    if blocks <= H264_MAX_MACROBLOCKS:
+        return None
+    factor = 2
+    while -(-(width // factor) // 16) * -(-(height // factor) // 16) > H264_MAX_MACROBLOCKS:
+        factor += 1
+    return (f"frames of {width}x{height} are over H.264 level 5.2's frame size (4096x2304); many players and "
+            f"browsers will refuse the file: --resize_factor {factor} would make them "
+            f"{width // factor}x{height // factor}")
+
+
+def aac_format(rate: int, channels: int, layout: Optional[str] = None) -> tuple[int, str]:
+    """The (sample rate, channel layout) an AAC track keeps of audio at ``rate`` with ``channels``:
+    the same wherever AAC allows it. A layout that names no order gets the usual one for its channel
+    count; more than 8 channels (no usual layout, few players) are mixed down to mono."""
+    rate = int(rate)
+    out_rate = rate if rate in AAC_RATES else next((r for r in AAC_RATES if r >= rate), AAC_RATES[-1])
+    if layout in _AAC_NAMED and _layout_channels(layout) == channels:
+        return out_rate, layout
+    return out_rate, AAC_LAYOUTS.get(int(channels), "mono")
+
+
+def _layout_channels(layout: str) -> int:
+    return len(av.AudioLayout(layout).channels)
+
+
+class _AudioOut:
+    """Float audio -> packed AAC-ready frames at (``out_rate``, ``layout``).
+
+    Frames are built packed (one plane): PyAV cannot make planar frames of 8 or more channels, and the
+    encoder converts packed frames to its own format itself. Audio at another rate than the track's
+    (a rate AAC cannot take, or a caller handing 16 kHz chunks to a 48 kHz track) is resampled,
+    streaming, so chunks of any size join up; other channel counts are mixed to the track's.
+    """
+
+    def __init__(self, channels: int, out_rate: int, layout: str) -> None:
+        self.channels, self.out_rate, self.layout = int(channels), int(out_rate), layout
+        self.out_channels = _layout_channels(layout)
+        self._rate: Optional[int] = None          # the rate the resampler below was made for
+        self._resampler = None
+        self._pts = 0
+
+    def shape(self, samples: np.ndarray) -> np.ndarray:
+        """``(n,)`` mono, ``(1, n)`` mono or ``(n, channels)`` float -> ``(n, out_channels)`` float32."""
+        samples = np.asarray(samples)
+        if not np.issubdtype(samples.dtype, np.floating):
+            raise ValueError(f"audio must be float samples in [-1, 1], got {samples.dtype}")
+        if samples.ndim == 2 and samples.shape[0] == 1 and samples.shape[1] != self.channels:
+            samples = samples[0]
+        if samples.ndim == 1:
+            samples = samples[:, None]
+        if samples.ndim != 2 or samples.shape[1] < 1:
+            raise ValueError(f"audio must be mono (n,) or (n, channels), got shape {samples.shape}")
+        samples = samples.astype(np.float32, copy=False)
+        if samples.shape[1] != self.out_channels:
+            mono = samples.mean(axis=1, keepdims=True) if samples.shape[1] > 1 else samples
+            samples = np.repeat(mono, self.out_channels, axis=1)
+        return samples
+
+    def frames(self, samples: Optional[np.ndarray], rate: int) -> list[av.AudioFrame]:
+        """Frames for the next ``samples`` (already shaped) at ``rate``; None flushes the resampler."""
+        out = []
+        if samples is None or rate != self._rate:
+            if self._resampler is not None:
+                out.extend(self._resampler.resample(None))
+            self._resampler, self._rate = None, None
+            if samples is None:
+                return self._stamped(out)
+            self._rate = rate
+            if rate != self.out_rate:
+                self._resampler = av.AudioResampler(format="flt", layout=self.layout, rate=self.out_rate)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples).reshape(1, -1), format="flt",
+                                           layout=self.layout)
+        frame.sample_rate = rate
+        out.extend([frame] if self._resampler is None else self._resampler.resample(frame))
+        return self._stamped(out)
+
+    def _stamped(self, frames: list[av.AudioFrame]) -> list[av.AudioFrame]:
+        """Every frame that leaves is stamped with the track's own sample count (time base 1/out_rate)."""
+        for frame in frames:
+            frame.pts, frame.time_base = self._pts, Fraction(1, self.out_rate)
+            self._pts += frame.samples
+        return frames
+
+
 class Mp4Writer:
-    """H.264 + AAC mp4 writer that never leaves a half-written file behind.
+    """H.264 + AAC writer (mp4, mov or mkv, by the extension) that never leaves a half-written file behind.
 
     Everything goes to a hidden temporary file next to the destination (``.<name>.tmp-XXXXXXXX.mp4``),
     which replaces the destination only when :meth:`close` succeeds. An exception inside a ``with``
@@ -340,12 +485,15 @@ class Mp4Writer:
     destination untouched; a writer that is garbage-collected unclosed removes its temporary file too.
 
     Video frames are stamped pts = i in time base 1/fps (or the pts you pass, for sinks that skip
-    frames); audio is float mono at ``audio_rate`` in chunks of any length, stamped with its sample
-    count in time base 1/audio_rate. Frames with an odd width or height are padded by one replicated
-    row/column, because yuv420p cannot hold odd sizes; the file is then that one pixel larger. The
-    size comes from ``width``/``height`` or the first frame; audio written before it is buffered.
-    With ``audio=True`` but no audio written, the mp4 muxer drops the empty AAC track, so the file
-    has video only. ``faststart`` moves the index to the front so browsers can play while downloading.
+    frames). Audio is float at ``audio_rate`` with ``audio_channels`` (``(n,)`` mono, or
+    ``(n, channels)``), in chunks of any length, stamped with its sample count; the AAC track keeps
+    that rate and those channels wherever AAC can (``aac_format``: ``audio_layout`` names the channel
+    order, e.g. ``"5.1"``), so a 48 kHz stereo input stays 48 kHz stereo. Frames with an odd width or
+    height are padded by one replicated row/column, because yuv420p cannot hold odd sizes; the file is
+    then that one pixel larger. The size comes from ``width``/``height`` or the first frame; audio
+    written before it is buffered. A frame size over what most players decode is warned about once.
+    With ``audio=True`` but no audio written, the muxer drops the empty AAC track, so the file has
+    video only. ``faststart`` moves the index to the front so browsers can play while downloading.
     Not thread-safe: one writer is fed by one sink.
     """
 
@@ -358,25 +506,35 @@ class Mp4Writer:
         height: int | None = None,
         audio: bool = True,
         audio_rate: int = 16000,
+        audio_channels: int = 1,
+        audio_layout: str | None = None,
         crf: int | str = 18,
         preset: str = "veryfast",
         faststart: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.format = output_format(self.path)
         self.rate = as_rate(fps)
+        if int(audio_rate) != audio_rate or audio_rate <= 0 or int(audio_channels) != audio_channels or audio_channels < 1:
+            raise ValueError(f"audio needs a positive rate and channel count, got {audio_rate} Hz, {audio_channels}")
         self.audio_rate = int(audio_rate)
+        self.audio_channels = int(audio_channels)
+        out_rate, layout = aac_format(self.audio_rate, self.audio_channels, audio_layout)
+        self._audio_out = _AudioOut(self.audio_channels, out_rate, layout) if audio else None
         self._has_audio = audio
         self._options = {"crf": str(crf), "preset": preset}
-        self._faststart = faststart
+        self._faststart = faststart and self.format in ("mp4", "mov")
         self._container: av.container.OutputContainer | None = None
         self._video: av.video.stream.VideoStream | None = None
         self._audio: av.audio.stream.AudioStream | None = None
         self._size: tuple[int, int] | None = None  # (width, height) as given, before even-padding
-        self._pending_audio: list[np.ndarray] = []
+        self._pending_audio: list[tuple[np.ndarray, int]] = []
         self._last_pts = -1
         self.frames_written = 0
         self.samples_written = 0
         self._done = False
+        if self.path.is_dir():
+            raise MediaError(f"{self.path}: is a folder, not a file name")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = self._reserve_temp()
@@ -387,11 +545,17 @@ class Mp4Writer:
             with self._aborting_on_error():
                 self._start(int(width), int(height))
 
+    @property
+    def audio_format(self) -> tuple[int, str]:
+        """The (sample rate, layout) the audio track is written with."""
+        out = self._audio_out
+        return (out.out_rate, out.layout) if out is not None else (0, "")
+
     def _reserve_temp(self) -> str:
         # O_EXCL reserves a unique name; creating it with 0o666 lets the umask decide the final mode
         # (mkstemp would leave the output readable by its owner only).
         while True:
-            tmp = self.path.parent / f".{self.path.name}.tmp-{secrets.token_hex(4)}.mp4"
+            tmp = self.path.parent / f".{self.path.name}.tmp-{secrets.token_hex(4)}{self.path.suffix.lower()}"
             try:
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                 return str(tmp)
@@ -399,13 +563,17 @@ class Mp4Writer:
                 continue
 
     def _start(self, width: int, height: int) -> None:
+        warning = h264_size_warning(width, height)
+        if warning:
+            log.warning("%s: %s", self.path.name, warning)
         options = {"movflags": "+faststart"} if self._faststart else {}
-        self._container = av.open(self._tmp, "w", format="mp4", options=options)
+        self._container = av.open(self._tmp, "w", format=self.format, options=options)
         self._video = self._container.add_stream("libx264", rate=self.rate, options=self._options)
         self._video.width, self._video.height = width + width % 2, height + height % 2
         self._video.pix_fmt = "yuv420p"
-        if self._has_audio:
-            self._audio = self._container.add_stream("aac", rate=self.audio_rate, layout="mono")
+        if self._audio_out is not None:
+            out = self._audio_out
+            self._audio = self._container.add_stream("aac", rate=out.out_rate, layout=out.layout)
         self._size = (width, height)
 
     def __enter__(self) -> "Mp4Writer":
@@ -440,40 +608,40 @@ class Mp4Writer:
             self._last_pts = pts
             self.frames_written += 1
 
-    def write_audio(self, samples: np.ndarray) -> None:
-        """Encode the next stretch of mono float audio, continuing where the last chunk ended."""
+    def write_audio(self, samples: np.ndarray, rate: Optional[int] = None) -> None:
+        """Encode the next stretch of float audio (``(n,)`` mono or ``(n, channels)``) at ``rate``
+        (default ``audio_rate``), continuing where the last chunk ended. Other rates and channel counts
+        than the track's are converted (a 16 kHz chunk into a 48 kHz stereo track, say)."""
         self._check_open()
-        if not self._has_audio:
+        if self._audio_out is None:
             raise ValueError("this writer was created with audio=False")
-        samples = np.asarray(samples)
-        if not np.issubdtype(samples.dtype, np.floating):
-            raise ValueError(f"audio must be float samples in [-1, 1], got {samples.dtype}")
-        if samples.ndim == 2 and samples.shape[0] == 1:
-            samples = samples[0]
-        if samples.ndim != 1:
-            raise ValueError(f"audio must be mono (N,) or (1, N), got shape {samples.shape}")
-        samples = samples.astype(np.float32, copy=False)
+        rate = self.audio_rate if rate is None else int(rate)
+        if rate <= 0:
+            raise ValueError(f"audio rate must be positive, got {rate}")
+        samples = self._audio_out.shape(samples)
         if self._audio is None:
-            self._pending_audio.append(samples.copy())
+            self._pending_audio.append((samples.copy(), rate))
             return
         with self._aborting_on_error():
-            self._encode_audio(samples)
+            self._encode_audio(samples, rate)
 
-    def _encode_audio(self, samples: np.ndarray) -> None:
+    def _encode_audio(self, samples: Optional[np.ndarray], rate: int = 0) -> None:
+        if samples is None:
+            for frame in self._audio_out.frames(None, 0):
+                self._mux(self._audio.encode(frame))
+            return
         # Pieces of at most one second keep each AudioFrame small whatever the caller hands us.
-        for start in range(0, len(samples), self.audio_rate):
-            piece = np.ascontiguousarray(samples[start:start + self.audio_rate]).reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(piece, format="flt", layout="mono")
-            frame.sample_rate = self.audio_rate
-            frame.pts, frame.time_base = self.samples_written, Fraction(1, self.audio_rate)
-            self._mux(self._audio.encode(frame))
-            self.samples_written += piece.shape[1]
+        for start in range(0, len(samples), rate):
+            piece = samples[start:start + rate]
+            for frame in self._audio_out.frames(piece, rate):
+                self._mux(self._audio.encode(frame))
+            self.samples_written += piece.shape[0]
 
     def _flush_pending_audio(self) -> None:
         pending, self._pending_audio = self._pending_audio, []
         if self._audio is not None:
-            for samples in pending:
-                self._encode_audio(samples)
+            for samples, rate in pending:
+                self._encode_audio(samples, rate)
 
     def _mux(self, packets) -> None:
         for packet in packets:
@@ -488,6 +656,7 @@ class Mp4Writer:
                 raise MediaError(f"{self.path}: no video frames were written")
             self._mux(self._video.encode(None))
             if self._audio is not None:
+                self._encode_audio(None)
                 self._mux(self._audio.encode(None))
             self._container.close()
             os.replace(self._tmp, self.path)
@@ -529,6 +698,7 @@ def write_mp4(
     audio: np.ndarray | None = None,
     *,
     audio_rate: int = 16000,
+    audio_layout: str | None = None,
     crf: int | str = 18,
     preset: str = "veryfast",
     progress: bool = False,
@@ -539,7 +709,9 @@ def write_mp4(
 
         frames = tqdm(frames, total=len(frames) if hasattr(frames, "__len__") else None,
                       unit="frame", desc=Path(path).name)
-    options = dict(audio=audio is not None, audio_rate=audio_rate, crf=crf, preset=preset)
+    channels = 1 if audio is None or np.ndim(audio) == 1 else int(np.shape(audio)[1])
+    options = dict(audio=audio is not None, audio_rate=audio_rate, audio_channels=channels, audio_layout=audio_layout,
+                   crf=crf, preset=preset)
     with Mp4Writer(path, fps, **options) as writer:
         for image in frames:
             writer.write_video(image)

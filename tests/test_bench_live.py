@@ -49,16 +49,23 @@ def test_bench_pipeline_interrupt_reports_barge_in_events_and_transitions(tmp_pa
 
 
 def test_bench_pipeline_refuses_a_bad_duration(capsys):
-    assert main(["bench", "pipeline", "--seconds", "0"]) == 1
-    assert capsys.readouterr().err.strip().startswith("lipsync-rt: error: --seconds")
+    with pytest.raises(SystemExit) as info:          # a usage error, found when the options are parsed
+        main(["bench", "pipeline", "--seconds", "0"])
+    assert info.value.code == 2
+    assert "argument --seconds: expected a number above 0" in capsys.readouterr().err
 
 
 def test_bench_webrtc_runs_a_session_over_loopback(tmp_path):
     out, png = tmp_path / "webrtc.json", tmp_path / "webrtc.png"
     assert main(["bench", "webrtc", "--sessions", "1", "--seconds", "2", "--warmup", "1", "--engine", "torch",
-                 "--json", str(out), "--plot", str(png)]) == 0
+                 "--json", str(out), "--plot", str(png), "--profile"]) == 0
     result = json.loads(out.read_text())
     (step,) = result["steps"]
     assert step["sessions"] == 1 and step["fps"]["min"] > 0
+    # the clients ran in a process of their own: the CPU figures are the server's, broken down by thread
+    assert result["clients"] == "process" and step["client_cpu_cores"] > 0
+    assert step["server_cpu_per_session"] == step["cpu_cores"] > 0
+    assert {"engine", "event loop"} <= set(step["server_cpu_by_thread"])
+    assert (tmp_path / "webrtc_cpu.png").read_bytes()[:8] == PNG
     assert result["machine"]["cores"] >= 1 and "engine" in result
     assert png.read_bytes()[:8] == PNG

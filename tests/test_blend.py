@@ -366,3 +366,37 @@ def test_detail_is_not_pasted_over_a_changed_mouth(face_image, landmarks, box):
 def test_detail_must_be_a_fraction():
     with pytest.raises(ValueError, match="detail"):
         Blender("feather", detail=2.0)
+
+
+@pytest.mark.parametrize("tone", ["grey", "sepia"])
+def test_a_monochrome_source_keeps_its_own_colours(face_image, landmarks, box, tone):
+    """A colour model's face (here with a blue cast and red lips) pasted on a black-and-white or sepia
+    photo takes the photo's tint: no blue-cyan lower face, no seam under the nose."""
+    grey = cv2.cvtColor(face_image, cv2.COLOR_BGR2GRAY)
+    if tone == "grey":
+        source = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    else:
+        ycrcb = np.dstack([grey, np.full_like(grey, 142), np.full_like(grey, 112)])
+        source = cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
+    face = generated_face(face_image, box, tint=(40, 10, -25))
+    out = Blender().paste(source, face, box, landmarks)
+    x1, y1, x2, y2 = box
+    chroma = lambda image: cv2.cvtColor(image[y1:y2, x1:x2], cv2.COLOR_BGR2YCrCb)[..., 1:].astype(int)  # noqa: E731
+    off = np.abs(chroma(out) - chroma(source))
+    # the tint is the source's everywhere (a sepia pixel near black or white cannot hold all of its tint,
+    # so the odd dark mouth pixel may differ a little more)
+    assert np.percentile(off, 99) <= 3 and off.mean() < 1
+    # the brightness still comes from the generated face: its dark open mouth is there
+    m = lower_face_mask(landmarks, box)
+    core = m > 0.99
+    luma = lambda image: cv2.cvtColor(image[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY).astype(int)  # noqa: E731
+    assert np.abs(luma(out)[core] - luma(source)[core]).mean() > 3
+
+
+def test_a_colour_source_is_matched_per_channel_as_before(face_image, landmarks, box):
+    """The monochrome path is only for monochrome sources: a colour photo keeps its per-channel matching."""
+    from lipsync_rt.blend import _monochrome_tint
+
+    x1, y1, x2, y2 = box
+    band = ((lower_face_mask(landmarks, box) > 0.05) & (lower_face_mask(landmarks, box) < 0.95)).view(np.uint8)
+    assert _monochrome_tint(face_image[y1:y2, x1:x2], band) is None

@@ -105,3 +105,54 @@ def test_page_in_headless_chromium_gets_lip_synced_video_and_audio(engine, avata
     assert stopped == 0  # Stop ends the server's session at once
     assert avatar_state["stats"]["video"]["width"] == 512  # the avatar, not the camera
     assert (artifacts / "browser_camera.png").stat().st_size > 10_000
+
+
+def test_page_watches_a_push_session_alongside_another_viewer(engine, avatar, camera_frame,  # noqa: F811
+                                                               speech_samples, tmp_path, artifacts):  # noqa: F811
+    """?session=ID: the page sends nothing and shows the pushed session; it joins after an aiortc viewer,
+    so it decodes the session's shared encoder from the key frame its arrival asked for."""
+    from playwright.async_api import async_playwright
+
+    from lipsync_rt.webrtc.loopback import LoopbackClient
+
+    video = write_y4m(tmp_path / "face.y4m", [camera_frame] * 25)
+    audio = write_wav(tmp_path / "speech.wav", np.asarray(speech_samples))
+    pcm = (np.asarray(speech_samples[:48000]) * 32767).astype("<i2").tobytes()
+
+    async def run():
+        async with Served(engine, {"face": avatar}) as served, async_playwright() as pw:
+            async with served.http.post(served.url + "/sessions", json={}) as response:
+                session = (await response.json())["session"]
+            first = LoopbackClient(served.url, session=session, fps=FPS)
+            await first.connect(served.http)
+            async with served.http.ws_connect(f"{served.url}/sessions/{session}/audio") as ws:
+                await ws.send_str(json.dumps({"type": "start", "sample_rate": 16000, "channels": 1}))
+                await ws.send_bytes(pcm)
+                await ws.send_str('{"type": "end_of_segment"}')
+                browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                   args=chromium_args(video, audio))
+                try:
+                    context = await browser.new_context(bypass_csp=True, viewport={"width": 1000, "height": 560})
+                    page = await context.new_page()
+                    await page.goto(served.url + f"/?session={session}&autostart=1")
+                    await page.wait_for_function(CONNECTED, timeout=30000)
+                    state = await page.evaluate("window.lipsync")
+                    await page.screenshot(path=str(artifacts / "browser_watch.png"))
+                    await page.click("#stop")
+                    for _ in range(50):
+                        if len(served.server.peers) == 1:
+                            break
+                        await asyncio.sleep(0.1)
+                    viewers_left = len(served.server.peers)
+                finally:
+                    await browser.close()
+            still_running = session in served.server.pushes      # Stop ended the viewer, not the session
+            await first.close(served.http)
+            return state, viewers_left, still_running, first.received
+
+    state, viewers_left, still_running, first = asyncio.run(run())
+    assert state["error"] is None and state["stats"]["video"]["frames_decoded"] > 40
+    assert state["stats"]["video"]["width"] == avatar.frames[0].shape[1]
+    assert state["stats"]["audio"]["samples_received"] > 16000
+    assert viewers_left == 1 and still_running
+    assert len(first.video_times) > 40                              # the first viewer went on meanwhile

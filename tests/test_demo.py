@@ -78,14 +78,23 @@ class RecordingCamera:
         return None
 
 
-def test_dry_run_to_a_virtual_camera(face_video, speech, generator_checkpoint, capsys):
+def test_dry_run_to_a_virtual_camera(tmp_path, face_video, speech, generator_checkpoint, capsys):
+    """Also recorded (--record): the same frames and the delayed audio, in one file in the folder."""
     pyvirtualcam.register_backend("lipsync-recording", RecordingCamera)
     args = demo_args(face_video, speech, generator_checkpoint, "--output", "virtualcam",
-                     "--vcam_backend", "lipsync-recording", "--duration", "1")
+                     "--vcam_backend", "lipsync-recording", "--duration", "1", "--record", str(tmp_path / "rec"))
     assert main(args) == 0
     assert RecordingCamera.size == (320, 288)
     assert len(RecordingCamera.frames) == 22 and RecordingCamera.frames[0].size == 320 * 288 * 3
-    assert "to recording" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "to recording" in out
+    [recorded] = list((tmp_path / "rec").iterdir())
+    assert recorded.name.startswith("demo-") and f"recorded to {recorded}" in out
+    info = probe(recorded)
+    assert info.frame_count == 22 and info.has_audio and info.audio_duration_s == pytest.approx(1.0, abs=0.07)
+    (tmp_path / "file").write_text("")
+    assert main(demo_args(face_video, speech, generator_checkpoint, "--record", str(tmp_path / "file"))) == 1
+    assert "--record" in capsys.readouterr().err
 
 
 def test_missing_devices_are_one_line_errors(tmp_path, speech, face_video, generator_checkpoint, capsys):
@@ -103,7 +112,7 @@ def test_ctrl_c_stops_quickly_and_finalises_the_file(tmp_path, face_video, gener
     out = tmp_path / "long.mp4"
     speech = ROOT / "examples" / "speech.wav"              # 8 s: still playing when interrupted
     args = [sys.executable, "-m", "lipsync_rt"] + demo_args(face_video, speech, generator_checkpoint,
-                                                           "--output", str(out))
+                                                           "--output", str(out), "--record", "rec")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
@@ -126,3 +135,5 @@ def test_ctrl_c_stops_quickly_and_finalises_the_file(tmp_path, face_video, gener
     info = probe(out)
     assert info.frame_count and info.frame_count >= 5 and info.has_audio
     assert not list(tmp_path.glob(".long.mp4.tmp-*"))
+    [recorded] = list((tmp_path / "rec").iterdir())            # --record is finalised too
+    assert probe(recorded).frame_count >= 5

@@ -94,8 +94,8 @@ def test_live_budget_warms_every_batch_size_then_measures():
 
     live = LivePolicy(SessionConfig(batch_size=3, audio_grace_ms=20), MediaClock(25), 0.2125)
     budget = asyncio.run(live.processing_budget(probe))
-    assert calls == [1, 2, 3, 1, 1, 1, 1, 1]
-    assert 0.030 <= budget < 0.040        # grace + 1.5 x (almost nothing) + 10 ms
+    assert calls == [1, 2, 3] + [1] * 20
+    assert 0.030 <= budget < 0.040        # grace + 2 x (almost nothing) + 10 ms
 
 
 # ----------------------------------------------------------------------------------------------

@@ -58,9 +58,12 @@ def test_audio_track_recuts_any_chunks_into_20ms_frames_with_contiguous_pts():
     frames = _drain_track(SessionAudioTrack(_iterate(chunks), _ReplayClock()))
     assert [f.samples for f in frames] == [320] * 10  # 3000 samples: 9 full frames and a padded tail
     assert [f.pts for f in frames] == [320 * i for i in range(10)]
-    assert all(f.format.name == "s16" and f.layout.name == "mono" and f.sample_rate == 16000 for f in frames)
+    # stereo at the signal's own level: aiortc would upmix mono at -3 dB per channel
+    assert all(f.format.name == "s16" and f.layout.name == "stereo" and f.sample_rate == 16000 for f in frames)
     assert frames[0].time_base == Fraction(1, 16000)
-    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+    both = np.concatenate([f.to_ndarray().reshape(-1, 2) for f in frames])
+    assert np.array_equal(both[:, 0], both[:, 1])
+    pcm = both[:, 0]
     np.testing.assert_allclose(pcm[:3000] / 32767.0, signal, atol=1.5 / 32767)
     assert not pcm[3000:].any()
 
@@ -143,6 +146,9 @@ def test_offer_validation_gives_a_reason_for_each_mistake():
 
     assert "not JSON" in refused(b"{nope")
     assert "not JSON" in refused(b"\xff\xfe")
+    assert "nested too deeply" in refused(b"[" * 100_000 + b"]" * 100_000)   # the decoder's RecursionError
+    assert "nested too deeply" in refused(b'{"a":' * 50_000 + b"1" + b"}" * 50_000)
+    assert "not JSON" in refused(b'{"sdp": ' + b"9" * 5000 + b"}")             # int too long to convert
     assert "JSON object" in refused([1, 2])
     assert '"offer"' in refused({"sdp": GOOD_SDP, "type": "answer"})
     assert "v=0" in refused({"sdp": "hello", "type": "offer"})
@@ -244,9 +250,16 @@ def test_serve_command_reports_mistakes_in_one_line(capsys, tmp_path):
     assert main(["serve", "--avatar", "nope"]) == 1
     assert main(["serve", "--avatar", f"a={tmp_path / 'none.jpg'}"]) == 1
     assert main(["serve", "--stun", "stun.example.org"]) == 1
-    assert main(["serve", "--max-sessions", "0"]) == 1
-    assert main(["serve", "--overhead-ms", "-5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 5 and all(line.startswith("lipsync-rt: error: ") for line in err)
-    assert "NAME=PATH" in err[0] and "no such file" in err[1] and "stun:" in err[2] and "max-sessions" in err[3]
-    assert "overhead-ms" in err[4]
+    assert len(err) == 3 and all(line.startswith("lipsync-rt: error: ") for line in err)
+    assert "NAME=PATH" in err[0] and "no such file" in err[1] and "stun:" in err[2]
+    # numbers out of range are usage errors, found when the options are parsed
+    for option, value, words in (("--max-sessions", "0", "from 1 to 1024"), ("--overhead-ms", "-5", "from 0 to 10000"),
+                                 ("--port", "70000", "from 0 to 65535"), ("--connect-timeout", "inf", "from 1 to 3600"),
+                                 ("--fps", "0", "from 1 to 240")):
+        with pytest.raises(SystemExit) as info:
+            main(["serve", option, value])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {option}" in err
+        assert f"expected a number {words}" in err or f"expected an integer {words}" in err

@@ -49,6 +49,16 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def check_outputs(args: Any) -> None:
+    """``--json`` and ``--plot`` can be written: checked before a benchmark runs, not after minutes of it."""
+    from ..media import check_output
+
+    for option in ("json", "plot"):
+        path = getattr(args, option, None)
+        if path:
+            check_output(path, f"--{option}")
+
+
 def pyplot():
     """matplotlib's pyplot on the Agg backend: benchmarks run on machines with no screen."""
     import matplotlib

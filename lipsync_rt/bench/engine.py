@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from lipsync_rt.assets import example_face, example_speech
+from lipsync_rt.commands import ranges
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -44,7 +47,7 @@ examples:
 
 BACKENDS = ("torch", "onnx", "int8", "tensorrt", "avatar-torch", "avatar-int8")
 BASELINE = "eager"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_FACE, EXAMPLE_SPEECH = example_face(), example_speech()
 #: Dense fp16/bf16 tensor-core peak of an H100 SXM (NVIDIA's datasheet: 1979 TFLOPS with sparsity).
 H100_SXM_FP16_TFLOPS = 989.0
 REAL_TIME_FPS = 25.0
@@ -57,8 +60,8 @@ def _int_list(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not values or any(not 1 <= v <= 4096 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers from 1 to 4096, got {text!r}")
     return sorted(set(values))
 
 
@@ -77,24 +80,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: all; those that cannot run here are listed as skipped, with the reason)")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 4, 8, 16, 64], metavar="LIST",
                         help="batch sizes (default: 1,2,4,8,16,64)")
-    parser.add_argument("--width", type=float, default=1.0,
+    parser.add_argument("--width", type=ranges.number(0.0625, 4), default=1.0,
                         help="model width: 1.0 is the public architecture (default), 0.25 the bundled lite one; "
                         "a seeded network stands in, since speed does not depend on the weights")
     parser.add_argument("--checkpoint_path", help="benchmark this generator checkpoint instead (overrides --width); "
                         "its fidelity is then reported too")
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default: %(default)s)")
-    parser.add_argument("--iters", type=int, help="a fixed number of timed calls per measurement instead of --seconds")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default: %(default)s)")
+    parser.add_argument("--seconds", type=ranges.seconds, default=2.0, help="time per measurement (default: %(default)s)")
+    parser.add_argument("--iters", type=ranges.number(1, 1_000_000, integer=True),
+                        help="a fixed number of timed calls per measurement instead of --seconds")
+    parser.add_argument("--warmup", type=ranges.number(0, 1000, integer=True), default=2,
+                        help="untimed calls before each measurement (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--engine-dir", help="where built engines go (default: a temporary folder, removed after the "
                         "run, so a benchmark never leaves stale artifacts)")
-    parser.add_argument("--fidelity-frames", type=int, default=16,
+    parser.add_argument("--fidelity-frames", type=ranges.number(1, 4096, integer=True), default=16,
                         help="real frames for the fidelity check (default: %(default)s)")
-    parser.add_argument("--face", default=str(EXAMPLES / "face.jpg"), help="face image for the real inputs "
-                        "(default: examples/face.jpg)")
-    parser.add_argument("--audio", default=str(EXAMPLES / "speech.wav"), help="speech for the real inputs "
-                        "(default: examples/speech.wav)")
-    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense fp16 peak, to report the fraction reached "
+    parser.add_argument("--face", default=str(EXAMPLE_FACE), help="face image for the real inputs "
+                        "(default: the example face, shipped with the package)")
+    parser.add_argument("--audio", default=str(EXAMPLE_SPEECH), help="speech for the real inputs "
+                        "(default: the example speech, shipped with the package)")
+    parser.add_argument("--peak-tflops", type=ranges.number(0, 1e6, above=True),
+                        help="the GPU's dense fp16 peak, to report the fraction reached "
                         f"(default: {H100_SXM_FP16_TFLOPS:g} when the GPU is an H100, else not reported)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot: frames/s and latency against batch size")
@@ -311,7 +317,9 @@ def timed_call(engine: "Engine", backend: str, mel: "np.ndarray", face: "np.ndar
 
 def _check(args: argparse.Namespace) -> None:
     from ..errors import LipSyncError
+    from .common import check_outputs
 
+    check_outputs(args)
     if not args.seconds > 0:
         raise LipSyncError(f"--seconds must be positive, got {args.seconds}")
     if args.iters is not None and args.iters < 1:

@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lipsync_rt.assets import example_face, example_speech
+
 if TYPE_CHECKING:
     from lipsync_rt.pipeline import Avatar
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TTS_RATE = 24000          # a typical TTS output rate; the session resamples
 TTS_SPEED = 3.0           # replies arrive this many times faster than real time
 
@@ -45,7 +46,7 @@ def make_avatar_clips(folder: Path, fps: float = 25.0) -> tuple[Path, Path]:
 
     from lipsync_rt.media import Mp4Writer
 
-    photo = cv2.resize(cv2.imread(str(EXAMPLES / "face.jpg")), (256, 256), interpolation=cv2.INTER_AREA)
+    photo = cv2.resize(cv2.imread(str(example_face())), (256, 256), interpolation=cv2.INTER_AREA)
 
     def frame(dx: float, dy: float) -> np.ndarray:
         canvas = np.full((288, 320, 3), 40, np.uint8)
@@ -90,7 +91,7 @@ async def conversation(engine, avatar: "Avatar", config, seconds: float, seed: i
     from .loop_lag import LoopLagProbe
 
     rng = random.Random(seed)
-    wav = load_audio(EXAMPLES / "speech.wav")
+    wav = load_audio(example_speech())
     session = LipSyncSession(engine, avatar=avatar, config=config)
     await session.start()
     probe = LoopLagProbe().start()

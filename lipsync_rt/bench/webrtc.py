@@ -4,8 +4,12 @@ For each session count, the server and that many loopback clients (aiortc, in th
 while; per session we record the received frame rate, the server's end-to-end latency (newest input
 that drove a frame -> the frame's send), the pipeline overhead (the session's p99 of: last needed
 sample due -> frame ready, the part of D beyond the model's look-ahead L), dropped
-frames, and the process CPU. A step "holds" when every session gets >= 95% of the frame rate with no
-drops. The clients share the machine with the server, so the figures are conservative.
+frames, and CPU. A step "holds" when every session gets >= 95% of the frame rate with no drops.
+
+By default (``--clients process``) the clients run in a process of their own, so the server's CPU
+(this process's, per session too) is the server's own cost and its event loop is not shared with
+the clients'; ``--clients inline`` runs them in the server's process and loop, as before. Either way
+they share the machine's cores with the server, so the figures are conservative.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,24 +37,147 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4], help="session counts to try "
+    parser.add_argument("--sessions", type=ranges.number(1, 256, integer=True), nargs="+", default=[1, 2, 4],
+                        help="session counts to try "
                         "(default: 1 2 4)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per step (default: %(default)s)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured start of each step (default: %(default)s)")
+    parser.add_argument("--seconds", type=ranges.seconds, default=8.0, help="measured time per step (default: %(default)s)")
+    parser.add_argument("--warmup", type=ranges.number(0, 3600, unit="s"), default=2.0,
+                        help="unmeasured start of each step (default: %(default)s)")
     parser.add_argument("--mode", choices=("avatar", "camera"), default="avatar", help="session mode (default: avatar)")
-    parser.add_argument("--fps", type=float, default=25.0, help="frame rate per session (default: %(default)s)")
-    parser.add_argument("--overhead-ms", "--overhead_ms", type=float,
+    parser.add_argument("--fps", type=ranges.fps, default=25.0, help="frame rate per session (default: %(default)s)")
+    parser.add_argument("--overhead-ms", "--overhead_ms", type=ranges.milliseconds,
                         help="processing budget D - L of every session (default: "
                         "measured as each session starts)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--max-batch", type=int, default=32, help="most frames per shared engine call "
+    parser.add_argument("--max-batch", type=ranges.batch, default=32, help="most frames per shared engine call "
                         "(default: %(default)s)")
+    parser.add_argument("--clients", choices=("process", "inline"), default="process",
+                        help="where the loopback clients run: a separate process, so the figures are the server's "
+                        "own, or the server's own process and event loop (default: %(default)s)")
+    parser.add_argument("--client-processes", type=ranges.number(1, 64, integer=True), default=1,
+                        help="with --clients process: how many processes share the clients (a machine serving "
+                        "dozens of sessions needs several to decode them all; default: %(default)s)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also report where the server's CPU goes, by thread (event loop, engine, blending, "
+                        "encoders, ...), and plot it")
     parser.add_argument("--keep-going", action="store_true", help="try every count even after one fails to hold")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot: frames/s and latency per session count")
+
+
+def _client_process(url: str, count: int, mode: str, fps: float, frame, speech, commands, results) -> None:
+    """The clients of one step, in a process of their own: connect, tell the server's process, take the
+    measurement window it sends (monotonic times: one clock for every process), report, hang up."""
+    import asyncio
+    import os
+    import time
+
+    import aiohttp
+
+    from ..webrtc.loopback import LoopbackClient
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as http:
+            clients = [LoopbackClient(url, mode=mode, avatar="face", frames=[frame], speech=speech, fps=fps)
+                       for _ in range(count)]
+            await asyncio.gather(*(c.connect(http) for c in clients))
+            results.put("connected")
+            loop = asyncio.get_running_loop()
+            t0, t1 = await loop.run_in_executor(None, commands.get)
+            await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+            cpu0 = os.times()
+            await asyncio.sleep(max(0.0, t1 - time.monotonic()))
+            cpu1 = os.times()
+            await asyncio.sleep(0.1)
+            fps_each = [sum(1 for t in c.received.video_times if t0 <= t < t1) / (t1 - t0) for c in clients]
+            results.put({"fps": fps_each, "cpu_cores": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0)})
+            for client in clients:
+                await client.close(http)
+
+    try:
+        asyncio.run(main())
+    except Exception as error:  # noqa: BLE001 - the parent reports it
+        results.put({"error": f"{type(error).__name__}: {error}"})
+
+
+class _Clients:
+    """Loopback clients, inline (this loop) or in ``--client-processes`` separate processes (the
+    clients dealt out in turn); ``finish()`` gives the frame rate each received in the measured window,
+    and the CPU the client processes used (None inline: it is in the server's)."""
+
+    def __init__(self, url: str, http, count: int, args: argparse.Namespace, frame, speech) -> None:
+        self.url, self.http, self.count, self.args = url, http, count, args
+        self.frame, self.speech = frame, speech
+        self.clients: list = []
+        self.processes: list = []           # (process, commands, results)
+
+    async def connect(self) -> None:
+        import asyncio
+
+        if self.args.clients == "inline":
+            from ..webrtc.loopback import LoopbackClient
+
+            self.clients = [LoopbackClient(self.url, mode=self.args.mode, avatar="face", frames=[self.frame],
+                                           speech=self.speech, fps=self.args.fps) for _ in range(self.count)]
+            await asyncio.gather(*(c.connect(self.http) for c in self.clients))
+            return
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        processes = min(self.count, self.args.client_processes)
+        for k in range(processes):
+            share = len(range(k, self.count, processes))
+            commands, results = ctx.Queue(), ctx.Queue()
+            process = ctx.Process(target=_client_process, daemon=True, args=(
+                self.url, share, self.args.mode, self.args.fps, self.frame, self.speech, commands, results))
+            process.start()
+            self.processes.append((process, commands, results))
+        for reply in await asyncio.gather(*(self._result(results, 120.0) for _, _, results in self.processes)):
+            if reply != "connected":
+                raise RuntimeError(f"a client process failed: {reply}")
+
+    @staticmethod
+    async def _result(results, timeout: float):
+        import asyncio
+        import queue
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, lambda: results.get(timeout=timeout))
+        except queue.Empty:
+            raise RuntimeError("a client process did not answer") from None
+
+    def start_window(self, t0: float, t1: float) -> None:
+        self.t0, self.t1 = t0, t1
+        for _, commands, _ in self.processes:
+            commands.put((t0, t1))
+
+    async def finish(self) -> tuple[list[float], "float | None"]:
+        import asyncio
+
+        if not self.processes:
+            fps = [sum(1 for t in c.received.video_times if self.t0 <= t < self.t1) / (self.t1 - self.t0)
+                   for c in self.clients]
+            for client in self.clients:
+                await client.close(self.http)
+            return fps, None
+        replies = await asyncio.gather(*(self._result(results, 60.0) for _, _, results in self.processes))
+        fps, cpu = [], 0.0
+        for reply in replies:
+            if "error" in reply:
+                raise RuntimeError(f"a client process failed: {reply['error']}")
+            fps += reply["fps"]
+            cpu += reply["cpu_cores"]
+        return fps, cpu
+
+    def stop(self) -> None:
+        for process, _, _ in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
 
 
 async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech: "np.ndarray",
@@ -65,50 +192,56 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
     from ..engine.batcher import MicroBatcher
     from ..pipeline import SessionConfig
     from ..webrtc import LipSyncServer, ServerConfig
-    from ..webrtc.loopback import LoopbackClient
     from ..webrtc.server import listening
     from lipsync_rt.pipeline.metrics import percentiles
+
+    from .threads import cores_by_group, thread_times
 
     batcher = MicroBatcher(engine, max_batch=args.max_batch)
     server = LipSyncServer(batcher, {"face": avatar}, ServerConfig(max_sessions=count),
                            session_config=SessionConfig(fps=args.fps, overhead_ms=args.overhead_ms))
+    clients = None
     try:
         async with listening(server) as url, aiohttp.ClientSession() as http:
-            clients = [LoopbackClient(url, mode=args.mode, avatar="face", frames=[frame], speech=speech, fps=args.fps)
-                       for _ in range(count)]
-            await asyncio.gather(*(c.connect(http) for c in clients))
-            await asyncio.sleep(args.warmup)
+            clients = _Clients(url, http, count, args, frame, speech)
+            await clients.connect()
+            t0 = time.monotonic() + args.warmup
+            t1 = t0 + args.seconds
+            clients.start_window(t0, t1)
+            await asyncio.sleep(max(0.0, t0 - time.monotonic()))
             peers = list(server.peers.values())
             drops0 = [p.session.stats().frames_dropped for p in peers]
             input0 = server.metrics.input_frames_dropped
             sizes0 = dict(batcher.stats().sizes)
             server.metrics.latencies.clear()
-            marks = [len(c.received.video_times) for c in clients]
-            cpu0, t0 = os.times(), time.monotonic()
-            await asyncio.sleep(args.seconds)
-            cpu1, t1 = os.times(), time.monotonic()
-            fps = [(len(c.received.video_times) - m) / (t1 - t0) for c, m in zip(clients, marks)]
-            drops = sum(p.session.stats().frames_dropped - d for p, d in zip(peers, drops0))
-            drops += server.metrics.input_frames_dropped - input0
+            cpu0, threads0 = os.times(), thread_times()
+            await asyncio.sleep(max(0.0, t1 - time.monotonic()))
+            cpu1, threads1 = os.times(), thread_times()
+            drops_each = [p.session.stats().frames_dropped - d for p, d in zip(peers, drops0)]
+            drops = sum(drops_each) + server.metrics.input_frames_dropped - input0
             latency = [1000 * s for s in server.metrics.latencies]
             lookahead = peers[0].session.lookahead * 1000 if peers else float("nan")
             delays = [p.session.delay * 1000 for p in peers]
-            overhead = max((p.session.stats().overhead_ms["p99"] for p in peers), default=float("nan"))
+            overhead_each = [p.session.stats().overhead_ms["p99"] for p in peers]
+            overhead = max(overhead_each, default=float("nan"))
             sizes = {k: v - sizes0.get(k, 0) for k, v in batcher.stats().sizes.items() if v - sizes0.get(k, 0)}
-            for client in clients:
-                await client.close(http)
+            fps, client_cpu = await clients.finish()
     finally:
+        if clients is not None:
+            clients.stop()
         await server.close()
         await batcher.close()
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0)
-    holds = min(fps) >= 0.95 * args.fps and drops == 0
+    holds = len(fps) == count and min(fps) >= 0.95 * args.fps and drops == 0
     return {
-        "sessions": count, "holds": bool(holds),
+        "sessions": count, "holds": bool(holds), "clients": args.clients,
         "fps": {"min": min(fps), "mean": float(np.mean(fps)), "per_session": fps},
-        "latency_ms": percentiles(latency), "overhead_ms": {"p99": overhead},
+        "latency_ms": percentiles(latency), "overhead_ms": {"p99": overhead, "per_session_p99": overhead_each},
         "lookahead_ms": lookahead, "delay_ms": {"min": min(delays), "max": max(delays)},
-        "drops": int(drops), "cpu_cores": cpu,
+        "drops": int(drops), "drops_per_session": drops_each,
+        "cpu_cores": cpu, "server_cpu_per_session": cpu / count, "client_cpu_cores": client_cpu,
         "batch_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "server_cpu_by_thread": cores_by_group(threads0, threads1, t1 - t0),
     }
 
 
@@ -121,16 +254,17 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.factory import create_engine
     from ..errors import LipSyncError
     from ..pipeline import Avatar
-    from ..webrtc.avatars import EXAMPLE_FACE
+    from ..assets import example_face, example_speech
     from ..atomic import write_json_atomic
-    from .common import machine
+    from .common import check_outputs, machine
 
-    if not EXAMPLE_FACE.is_file():
-        raise LipSyncError(f"the benchmark needs the example face ({EXAMPLE_FACE})")
-    speech_path = EXAMPLE_FACE.with_name("speech.wav")
+    check_outputs(args)
+    face_path, speech_path = example_face(), example_speech()
+    if not face_path.is_file():
+        raise LipSyncError(f"the benchmark needs the example face ({face_path})")
     engine = create_engine(args.engine, args.checkpoint_path, device=args.device, progress=True)
-    avatar = Avatar.prepare(EXAMPLE_FACE, engine, fps=args.fps)
-    photo = cv2.resize(cv2.imread(str(EXAMPLE_FACE)), (256, 256), interpolation=cv2.INTER_AREA)
+    avatar = Avatar.prepare(face_path, engine, fps=args.fps)
+    photo = cv2.resize(cv2.imread(str(face_path)), (256, 256), interpolation=cv2.INTER_AREA)
     frame = cv2.copyMakeBorder(photo, 16, 16, 32, 32, cv2.BORDER_CONSTANT, value=(40, 40, 40))
     speech = load_audio(speech_path)
 
@@ -140,21 +274,59 @@ def run(args: argparse.Namespace) -> int:
         steps.append(step)
         print(f"{count:4d} sessions: fps min {step['fps']['min']:.1f} mean {step['fps']['mean']:.1f}, "
               f"latency p99 {step['latency_ms']['p99']:.0f} ms (overhead {step['overhead_ms']['p99']:.0f} ms), "
-              f"drops {step['drops']}, CPU {step['cpu_cores']:.2f} cores -> {'holds' if step['holds'] else 'FAILS'}",
+              f"drops {step['drops']}, server CPU {step['cpu_cores']:.2f} cores "
+              f"({step['server_cpu_per_session']:.2f} per session) -> {'holds' if step['holds'] else 'FAILS'}",
               flush=True)
+        if args.profile:
+            print("       server CPU by thread (cores): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in step["server_cpu_by_thread"].items()), flush=True)
         if not step["holds"] and not args.keep_going:
             break
     held = [s["sessions"] for s in steps if s["holds"] and s["overhead_ms"]["p99"] <= 50]
     payload = {
         "benchmark": "webrtc", "machine": machine(), "engine": getattr(engine, "name", "?"), "mode": args.mode,
-        "fps_target": args.fps, "seconds": args.seconds, "note": "clients run in the same process as the server",
+        "fps_target": args.fps, "seconds": args.seconds, "clients": args.clients,
+        "note": ("clients run in a separate process; CPU is the server's own" if args.clients == "process"
+                 else "clients run in the same process and event loop as the server"),
         "max_sessions_held_with_p99_overhead_le_50ms": max(held) if held else 0, "steps": steps,
     }
     if args.json:
         print(f"wrote {write_json_atomic(args.json, payload)}")
     if args.plot:
         print(f"wrote {plot(payload, args.plot)}")
+        if args.profile:
+            print(f"wrote {plot_profile(payload, _profile_path(args.plot))}")
     return 0
+
+
+def _profile_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + "_cpu" + path.suffix)
+
+
+def plot_profile(payload: dict, path: str | os.PathLike) -> Path:
+    """Stacked bars: the server's CPU cores by thread group, per session count."""
+    from .common import pyplot, save_figure
+
+    steps = payload["steps"]
+    labels: list[str] = []
+    for step in steps:
+        labels += [k for k in step.get("server_cpu_by_thread", {}) if k not in labels]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [str(s["sessions"]) for s in steps]
+    bottom = [0.0] * len(steps)
+    for label in labels:
+        values = [s.get("server_cpu_by_thread", {}).get(label, 0.0) for s in steps]
+        ax.bar(xs, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    for x, step, top in zip(xs, steps, bottom):
+        ax.annotate(f"{step['fps']['min']:.0f} fps, {step['drops']} drops", (x, top), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set(xlabel="concurrent sessions", ylabel="CPU cores (server process)",
+           title=f"where the server's time goes ({payload['engine']}, {payload['mode']} mode)")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 def plot(payload: dict, path: str | os.PathLike) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lipsync_rt.commands import ranges
+
 DESCRIPTION = """\
 Build an inference engine from a generator checkpoint and write it, with a metadata file (checkpoint
 hash, precision, shapes, batch range, library versions, mel_offset), into the per-user engine cache
@@ -40,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", metavar="PATH",
                         help="int8 only: more calibration inputs besides the bundled sample: a corpus directory in the "
                         "training layout (e.g. data/synth) or a video or photo with a face")
-    parser.add_argument("--min_batch", type=int, default=1, help="smallest batch (TensorRT profile; default: 1)")
-    parser.add_argument("--opt_batch", type=int, default=4, help="batch to tune for (TensorRT; default: 4)")
-    parser.add_argument("--max_batch", type=int, default=64, help="largest batch (TensorRT profile; default: 64)")
+    parser.add_argument("--min_batch", type=ranges.batch, default=1, help="smallest batch (TensorRT profile; default: 1)")
+    parser.add_argument("--opt_batch", type=ranges.batch, default=4, help="batch to tune for (TensorRT; default: 4)")
+    parser.add_argument("--max_batch", type=ranges.batch, default=64, help="largest batch (TensorRT profile; default: 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

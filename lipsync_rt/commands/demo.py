@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
 
 if TYPE_CHECKING:
     from lipsync_rt.io import Sink
@@ -47,17 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", help="play this audio file in real time instead of the microphone (dry run)")
     parser.add_argument("--mic", help="microphone device name or index (default: the system default)")
     parser.add_argument("--output", default="virtualcam",
-                        help="'virtualcam' (default) or an .mp4 file to record to")
+                        help="'virtualcam' (default) or a video file to record to (.mp4, .mov or .mkv; the audio as it "
+                        "came in: the file's or the microphone's rate and channels)")
+    parser.add_argument("--record", metavar="DIR",
+                        help="also record what is sent (video and the delayed audio) into DIR/demo-<time>.mp4, "
+                        "finalised at the end, also on Ctrl-C")
+    parser.add_argument("--rtmp", metavar="URL",
+                        help="also stream what is sent to this RTMP server (rtmp://HOST/APP/KEY; H.264 + AAC in FLV), "
+                        "reconnecting with back-off if it drops")
     parser.add_argument("--vcam_device", help="virtual camera device, e.g. /dev/video10 (default: the first one)")
     parser.add_argument("--vcam_backend", help=argparse.SUPPRESS)
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled model)")
-    parser.add_argument("--fps", type=float, default=25.0, help="output frame rate (default: %(default)s)")
-    parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C, "
+    parser.add_argument("--fps", type=ranges.fps, default=25.0, help="output frame rate, 1 to 240 (default: %(default)s)")
+    parser.add_argument("--duration", type=ranges.seconds, help="stop after this many seconds (default: until Ctrl-C, "
                         "or the end of --audio)")
-    parser.add_argument("--overhead_ms", "--overhead-ms", type=float,
-                        help="processing budget D - L in ms (default: measured)")
+    parser.add_argument("--overhead_ms", "--overhead-ms", type=ranges.milliseconds,
+                        help="processing budget D - L in ms, 0 to 10000 (default: measured)")
     parser.add_argument("--quiet", action="store_true", help="no status line")
 
 
@@ -67,12 +74,25 @@ def run(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     from lipsync_rt.engine.factory import create_engine
-    from lipsync_rt.errors import LipSyncError
+    from lipsync_rt.errors import LipSyncError, MediaError
     from lipsync_rt.io import FileSource, Microphone, Mp4Sink, VirtualCamera, Webcam, run_sinks
+    from lipsync_rt.media import CONTAINERS, check_folder, check_output, output_format
     from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
 
-    if args.output != "virtualcam" and not args.output.lower().endswith(".mp4"):
-        raise LipSyncError(f"--output must be 'virtualcam' or a file ending in .mp4, got {args.output!r}")
+    record = args.output != "virtualcam"
+    if record:
+        try:
+            output_format(args.output)
+        except MediaError:
+            raise LipSyncError(f"--output must be 'virtualcam' or a video file ending in "
+                               f"{', '.join(sorted(CONTAINERS))}, got {args.output!r}") from None
+        check_output(args.output, "--output")
+    record_path = None
+    if args.record:
+        record_path = check_folder(args.record, "--record") / time.strftime("demo-%Y%m%d-%H%M%S.mp4")
+    if args.rtmp is not None and not args.rtmp.startswith(("rtmp://", "rtmps://")):
+        raise LipSyncError(f"--rtmp must be a URL starting with rtmp:// or rtmps://, got {args.rtmp!r}")
+    keep_source = record or record_path is not None      # files keep the input's own audio format
     if args.duration is not None and args.duration <= 0:
         raise LipSyncError(f"--duration must be > 0, got {args.duration}")
     if args.idle and not args.face:
@@ -93,19 +113,33 @@ async def _demo(args: argparse.Namespace) -> int:
             camera = Webcam(args.camera, fps=args.fps)
             opened.append(camera.stop)
         size = (avatar.frames[0].shape[1], avatar.frames[0].shape[0]) if avatar else (camera.width, camera.height)
-        if args.output == "virtualcam":
+        source = None
+        if args.audio:
+            # a recording keeps the file's own audio (rate, channels); the model hears it at 16 kHz mono
+            source = FileSource(args.audio, realtime=True, video=False, seconds=args.duration,
+                                segment="audio" if avatar is not None else None, source_audio=keep_source)
+            audio_format = (source.rate, source.decoded.channels, source.decoded.layout)
+        else:
+            microphone = Microphone(args.mic)
+            audio_format = (microphone.samplerate, 1, "mono")
+        if not record:
             sink = VirtualCamera(args.fps, device=args.vcam_device, backend=args.vcam_backend,
                                  width=size[0], height=size[1])
         else:
-            sink = Mp4Sink(args.output, args.fps)
-        source = None
-        if args.audio:
-            source = FileSource(args.audio, realtime=True, video=False, seconds=args.duration,
-                                segment="audio" if avatar is not None else None)
-        else:
-            microphone = Microphone(args.mic)
+            rate, channels, layout = audio_format
+            sink = Mp4Sink(args.output, args.fps, audio_rate=rate, audio_channels=channels, audio_layout=layout)
+        sinks = [sink]
+        if record_path is not None:
+            rate, channels, layout = audio_format
+            sinks.append(Mp4Sink(record_path, args.fps, audio_rate=rate, audio_channels=channels, audio_layout=layout))
+        rtmp = None
+        if args.rtmp:
+            from lipsync_rt.io.rtmp import RtmpSink
 
-        config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms)
+            rtmp = RtmpSink(args.rtmp, args.fps)
+            sinks.append(rtmp)
+
+        config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms, source_audio=keep_source)
         session = LipSyncSession(engine, avatar=avatar, config=config)
         await session.start()
         status = _Status(session, sink, quiet=args.quiet)
@@ -122,7 +156,7 @@ async def _demo(args: argparse.Namespace) -> int:
         if args.duration is not None and (source is None or idle_after):
             loop.call_later(args.duration, session.end_of_input)
         try:
-            await run_sinks(session, [sink], on_frame=status.frame)
+            await run_sinks(session, sinks, on_frame=status.frame)
         finally:
             for task in tasks:
                 task.cancel()
@@ -134,9 +168,16 @@ async def _demo(args: argparse.Namespace) -> int:
             stop()
     stats = session.stats()
     where = sink.name if isinstance(sink, VirtualCamera) else args.output
+    held = f", {stats.frames_held} of them with the last mouth held" if stats.frames_held else ""
     print(f"sent {stats.frames_out} frames to {where} ({stats.frames_generated} lip-synced, "
-          f"{stats.frames_dropped} dropped, {stats.engine_errors} engine errors); "
+          f"{stats.frames_dropped} dropped{held}, {stats.engine_errors} engine errors); "
           f"delay {stats.delay * 1000:.0f} ms (look-ahead {stats.lookahead * 1000:.0f} ms)")
+    if record_path is not None and record_path.exists():
+        print(f"recorded to {record_path}")
+    if rtmp is not None:
+        s = rtmp.stats
+        print(f"streamed {s.frames_sent} frames and {s.audio_sent_s:.1f} s of audio over RTMP; lost {s.frames_lost} "
+              f"frames and {s.audio_lost_s:.1f} s of audio; {s.reconnects} reconnects")
     return 0
 
 

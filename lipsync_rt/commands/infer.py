@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP
+from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
 
 DESCRIPTION = (
     "Lip-sync a face video or photo to any audio (wav, mp3, m4a, or the audio of a video) and write "
@@ -44,20 +44,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "trained by train/); default: the bundled default model")
     p.add_argument("--face", required=True, help="video or image (jpg, png, ...) with a face")
     p.add_argument("--audio", required=True, help="any audio FFmpeg reads, including the audio of a video file")
-    p.add_argument("--outfile", default="results/result_voice.mp4", help="output mp4 (default: %(default)s)")
+    p.add_argument("--outfile", default="results/result_voice.mp4",
+                   help="output video: .mp4 (default: %(default)s), .mov or .mkv; H.264 + AAC, the audio at the input's "
+                   "own sample rate and channels")
     p.add_argument("--static", type=_truthy, nargs="?", const=True, default=False,
                    help="use only the first video frame (always on for an image)")
-    p.add_argument("--fps", type=float, default=25.0, help="frame rate for an image face (default: %(default)s)")
-    p.add_argument("--pads", nargs=4, type=int, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+    p.add_argument("--fps", type=ranges.fps, default=25.0, help="frame rate for an image face, 1 to 240 "
+                   "(default: %(default)s)")
+    p.add_argument("--pads", nargs=4, type=ranges.pixels, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                    help="pixels added to the detected face box; raise BOTTOM to include the chin (default: 0 10 0 0)")
-    p.add_argument("--face_det_batch_size", type=int, default=16,
+    p.add_argument("--face_det_batch_size", type=ranges.batch, default=16,
                    help="accepted for compatibility; faces are detected one frame at a time")
-    p.add_argument("--wav2lip_batch_size", type=int, default=128, help="frames per model batch (default: %(default)s)")
-    p.add_argument("--resize_factor", type=int, default=1,
+    p.add_argument("--wav2lip_batch_size", type=ranges.batch, default=128, help="frames per model batch, 1 to 4096 "
+                   "(default: %(default)s)")
+    p.add_argument("--resize_factor", type=ranges.number(1, 1000, integer=True), default=1,
                    help="divide the frame size by this first; faster, and often better for 1080p+ input")
-    p.add_argument("--crop", nargs=4, type=int, default=[0, -1, 0, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+    p.add_argument("--crop", nargs=4, type=ranges.pixels, default=[0, -1, 0, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                    help="crop the frame after resize/rotate; -1 means the full extent (default: 0 -1 0 -1)")
-    p.add_argument("--box", nargs=4, type=int, default=[-1, -1, -1, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+    p.add_argument("--box", nargs=4, type=ranges.pixels, default=[-1, -1, -1, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                    help="fixed face box for every frame, skipping detection (default: detect)")
     p.add_argument("--rotate", action="store_true", help="rotate frames 90 degrees clockwise (phone videos)")
     p.add_argument("--nosmooth", action="store_true", help="do not smooth face boxes over 5 frames")

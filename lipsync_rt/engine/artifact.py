@@ -150,6 +150,12 @@ def runtime_versions(kind: str) -> dict[str, str]:
     return versions
 
 
+def _os_reason(exc: OSError) -> str:
+    """An OSError in a few words: what went wrong and with which file."""
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason} ({exc.filename})" if exc.filename else reason
+
+
 def _minor(version: str) -> str:
     return ".".join(version.split("+")[0].split(".")[:2])
 
@@ -169,11 +175,43 @@ def read_metadata(artifact: PathLike) -> EngineMetadata:
         data = json.loads(meta.read_text())
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
+        _check_types(data)
         metadata = EngineMetadata.from_dict(data)
-        int(metadata.mel_offset)
-    except (OSError, ValueError, TypeError) as exc:
-        raise LipSyncError(f"{meta} is not valid engine metadata ({type(exc).__name__}); rebuild the engine") from None
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        why = str(exc) if isinstance(exc, (TypeError, ValueError)) and not isinstance(exc, json.JSONDecodeError) \
+            else type(exc).__name__
+        raise LipSyncError(f"{meta} is not valid engine metadata ({' '.join(why.split())[:160]}); "
+                           "rebuild the engine") from None
     return metadata
+
+
+#: Every metadata entry a loader reads, and the JSON types it must have (None: may be null).
+_REQUIRED = {"kind": str, "precision": str, "checkpoint_sha256": str, "checkpoint_name": str, "width": (int, float),
+             "files": dict, "versions": dict}
+_OPTIONAL = {"min_batch": int, "opt_batch": int, "max_batch": int, "inputs": dict, "outputs": dict,
+             "features": dict, "calibration": (str, type(None)), "device": (str, type(None)),
+             "int8_arithmetic": (str, type(None)), "mel_offset": int, "format": int, "created": str, "machine": str}
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    """Refuse metadata with missing entries or entries of the wrong type (a hand-edited or foreign file), so
+    that loading never fails later on a list where a table was meant; TypeError says which entry."""
+    for key, kind in _REQUIRED.items():
+        if key not in data:
+            raise TypeError(f"no {key!r} entry")
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            raise TypeError(f"{key!r} is a {type(data[key]).__name__}")
+    if not data["files"]:
+        raise TypeError("'files' is empty")
+    for role, entry in data["files"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
+                or not isinstance(entry.get("sha256"), str) or type(entry.get("bytes")) is not int:
+            raise TypeError(f"file entry {role!r} needs a name, a sha256 and a byte count")
+        if Path(entry["name"]).name != entry["name"] or entry["name"] in ("", ".", ".."):
+            raise TypeError(f"file entry {role!r} names something outside the engine's folder")
+    if not all(isinstance(v, str) for v in data["versions"].values()):
+        raise TypeError("'versions' must map names to version strings")
 
 
 def _int8_arithmetic() -> str:
@@ -252,7 +290,13 @@ def load_engine(
     """
     artifact = Path(artifact)
     metadata = read_metadata(artifact)
-    check_metadata(metadata, artifact, checkpoint_path, checkpoint_sha256=checkpoint_sha256)
+    try:
+        check_metadata(metadata, artifact, checkpoint_path, checkpoint_sha256=checkpoint_sha256)
+    except OSError as exc:
+        raise LipSyncError(f"cannot read the engine {artifact.name}: {_os_reason(exc)}") from None
+    needed = "plan" if metadata.kind == "tensorrt" else "whole"
+    if needed not in metadata.files:
+        raise LipSyncError(f"{artifact.name}: its metadata lists no {needed!r} file; rebuild the engine")
     if metadata.kind == "tensorrt":
         from .tensorrt_engine import TensorRTEngine
 
@@ -383,11 +427,14 @@ def build_engine(
     digest = file_sha256(checkpoint)
     model, _ = load_generator(str(checkpoint))
     engine_dir = Path(engine_dir)
-    engine_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=engine_dir))
+    except OSError as exc:
+        raise LipSyncError(f"cannot write an engine into {engine_dir}: {_os_reason(exc)}") from None
     artifact = artifact_path(engine_dir, checkpoint, kind, digest)
     stem = artifact.with_suffix("").name
 
-    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=engine_dir))
     try:
         description = None
         if kind == "tensorrt":
@@ -421,6 +468,8 @@ def build_engine(
         tmp_meta = scratch / meta.name
         tmp_meta.write_text(metadata.to_json())
         os.replace(tmp_meta, meta)
+    except OSError as exc:      # the folder went read-only or full while building
+        raise LipSyncError(f"cannot write the engine into {engine_dir}: {_os_reason(exc)}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("built %s (%s)", artifact, metadata.precision)

@@ -9,6 +9,13 @@ Threads: one intra-op pool per session, as wide as the CPUs this process may use
 run one at a time (the micro-batcher never calls an engine concurrently). Spinning workers shave a
 little latency off small batches but burn CPU that face tracking and blending need between batches,
 so they are off unless asked for.
+
+Small batches (what a live stream asks for: a frame or a few every 40 ms) run on a second set of
+sessions with one thread. Split over two threads, a one-frame call waits at its end for the slower
+thread, and on a busy machine that thread is often not running: on the shared 2-core development VM
+one thread was as fast at the median and had the shorter tail (batch 1: p99 17 against 19-26 ms, max
+19-24 against 19-37 ms; batch 4: p99 39-55 against 54-68 ms), for a fifth less CPU. Those sessions
+are made on the first small batch (a live session's warm-up), so offline jobs never pay for them.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import numpy as np
 
 from ..errors import LipSyncError
 from .protocol import FEATURES
+
+#: Batches of at most this many frames run on the one-thread sessions (see the module doc).
+SMALL_BATCH = 4
 
 PathLike = Union[str, os.PathLike]
 
@@ -96,6 +106,18 @@ class OnnxEngine:
             self.paths.update(encoder=Path(encoder), decoder=Path(decoder))
             self._encoder = _session(encoder, threads, spin)
             self._decoder = _session(decoder, threads, spin)
+        self._spin = spin
+        self._single: dict[str, object] = {}           # role -> one-thread session, made on first use
+
+    def _for(self, role: str, batch: int):
+        """The session of ``role`` to run a batch of ``batch`` frames on (see the module doc)."""
+        wide = {"whole": self._whole, "encoder": self._encoder, "decoder": self._decoder}[role]
+        if batch > SMALL_BATCH or self.threads == 1:
+            return wide
+        single = self._single.get(role)
+        if single is None:
+            single = self._single[role] = _session(self.paths[role], 1, self._spin)
+        return single
 
     @property
     def split(self) -> bool:
@@ -107,7 +129,7 @@ class OnnxEngine:
             raise ValueError(f"mel and face batches differ: {len(mel)} vs {len(face)}")
         if len(face) == 0:
             return np.zeros((0, 3, 96, 96), np.float32)
-        return self._whole.run(None, {"mel": _f32(mel), "face": _f32(face)})[0]
+        return self._for("whole", len(face)).run(None, {"mel": _f32(mel), "face": _f32(face)})[0]
 
     def _need_split(self) -> None:
         if self._encoder is None:
@@ -117,7 +139,7 @@ class OnnxEngine:
         self._need_split()
         if len(face) == 0:
             return [np.zeros((0,) + tuple(int(d) for d in o.shape[1:]), np.float32) for o in self._encoder.get_outputs()]
-        return list(self._encoder.run(None, {"face": _f32(face)}))
+        return list(self._for("encoder", len(face)).run(None, {"face": _f32(face)}))
 
     def infer_encoded(self, mel: np.ndarray, features: Sequence[np.ndarray]) -> np.ndarray:
         self._need_split()
@@ -127,7 +149,7 @@ class OnnxEngine:
             return np.zeros((0, 3, 96, 96), np.float32)
         feeds = {"mel": _f32(mel)}
         feeds.update({name: _f32(f) for name, f in zip(FEATURES, features)})
-        return self._decoder.run(None, feeds)[0]
+        return self._for("decoder", len(mel)).run(None, feeds)[0]
 
     def __repr__(self) -> str:
         return f"OnnxEngine({self.name}, {self.paths['whole'].name}, threads={self.threads}, split={self.split})"

@@ -255,6 +255,9 @@ def _analyse_detected(frames, pads, keyframe_interval: int, det: FaceDetector, n
                 rows.add(None, None, None, np.nan, False)
             else:
                 rows.add(track.box, track.raw_box, track.landmarks, track.score, track.keyframe)
+        if tracker.boxes_emptied and not any(rows.has_face):
+            raise LipSyncError(f"--pads {' '.join(str(int(p)) for p in pads)} (top bottom left right) leave no face box "
+                               f"in {name}: the faces found are smaller than the negative pads take away")
     return rows.arrays(name)
 
 

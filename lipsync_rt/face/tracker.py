@@ -32,6 +32,8 @@ from .detector import DetectorModel, FaceDetector, VideoLandmarker
 KEYFRAME_INTERVAL = 10
 #: A tracked box overlapping the previous one less than this is a different face or a mesh failure.
 LOST_IOU = 0.3
+#: A padded box narrower or shorter than this (pixels) leaves nothing to crop: the frame has no face.
+MIN_BOX = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +87,7 @@ class FaceTracker:
         self._video = VideoLandmarker(quiet) if self.keyframe_interval > 1 else None
         self.frames_seen = 0
         self.frames_without_face = 0
+        self.boxes_emptied = 0          # faces found whose box the pads left empty
         self.keyframes = 0
         self._reset_track()
 
@@ -132,6 +135,11 @@ class FaceTracker:
         assert raw is not None
         self._prev_raw = raw
         box = self._smooth(apply_pads(raw, self.pads, shape))
+        if box[2] - box[0] < MIN_BOX or box[3] - box[1] < MIN_BOX:
+            # negative pads larger than the face: nothing left to crop, so no face for this frame
+            self.boxes_emptied += 1
+            self.frames_without_face += 1
+            return None
         return FaceTrack(box, raw, landmarks, self._score, keyframe)
 
     def _track(self, frame: np.ndarray):

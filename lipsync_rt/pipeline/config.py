@@ -5,9 +5,11 @@ Times are seconds on the audio-sample master clock unless a name says otherwise 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lipsync_rt.errors import LipSyncError
+from lipsync_rt.timebase import as_rate
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,13 @@ class SessionConfig:
     ``encoder_cache``: avatar mode with a SplitEngine reuses the avatar's face-encoder features.
     ``detail``: with ``blend="feather"``, how much of the frame's own fine detail goes back where the
     generator kept the face as it was (``lipsync_rt.blend``; 0 shows the model's own pixels).
+    ``conceal_drops``: in live mode, a frame whose mouth is not ready in time holds the last generated
+    mouth (or freezes briefly) instead of showing its original picture (``conceal.py``).
+    ``max_wait_ms``: how long the session's own micro-batcher waits for more requests before running
+    one: a single stream has nobody else to wait for, and its infer stage already batches whatever
+    jobs are waiting, so 0 (a batcher shared by many sessions, the server's, has its own wait).
+    ``source_audio``: released audio also carries the pushed audio as it came (its own rate and
+    channels; ``OutputAudio.source``), for sinks that should give back what went in (``source_audio.py``).
     ``idle_transition``: for an avatar with an idle clip, how a change between the idle clip and the
     speaking frames is made: ``"nearest"`` (the new clip starts at its frame nearest to the picture
     it replaces) or ``"cut"`` (each clip shows the frame its own loop is at: a jump; for comparison).
@@ -50,15 +59,21 @@ class SessionConfig:
     idle_transition: str = "nearest"
     keyframe_interval: int = 10
     queue_frames: int = 8
-    max_wait_ms: float = 4.0
+    max_wait_ms: float = 0.0
+    source_audio: bool = False
+    conceal_drops: bool = True
 
     def __post_init__(self) -> None:
-        if not self.fps > 0:
-            raise LipSyncError(f"fps must be > 0, got {self.fps}")
+        try:
+            as_rate(self.fps)
+        except ValueError as e:
+            raise LipSyncError(str(e)) from None
         if self.batch_size < 1:
             raise LipSyncError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.overhead_ms is not None and self.overhead_ms < 0:
-            raise LipSyncError(f"overhead_ms must be >= 0, got {self.overhead_ms}")
+        for name in ("overhead_ms", "audio_grace_ms", "max_wait_ms", "detail"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise LipSyncError(f"{name} must be a finite number >= 0, got {value}")
         if self.audio_chunk < 1:
             raise LipSyncError(f"audio_chunk must be >= 1 sample, got {self.audio_chunk}")
         if self.avatar_loop not in ("loop", "pingpong"):
@@ -80,7 +95,10 @@ class SessionStats:
     passed through). ``latency_ms``: release time minus ``capture_time`` of the newest input that drove
     the frame, over generated frames. ``overhead_ms``: per generated frame, the time from its mel
     window's last sample being due (T0 + t_i + L) to the frame being ready; D - L must exceed it.
-    ``interrupts``: ``interrupt()`` calls.
+    ``interrupts``: ``interrupt()`` calls. ``frames_held``: of the dropped frames, those shown with the
+    last generated mouth held (or easing back to the original) instead of the original picture.
+    ``silence_cuts``: stretches of silence shorter than 100 ms filled in between two pushes (audio that
+    came too late, a click in the output): a producer that keeps real time gets none.
     """
 
     frames_out: int
@@ -97,3 +115,5 @@ class SessionStats:
     lookahead: float
     interrupts: int = 0
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    frames_held: int = 0
+    silence_cuts: int = 0

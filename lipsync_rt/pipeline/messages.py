@@ -54,8 +54,10 @@ class Generation:
 class OutputFrame:
     """One output video frame. ``generated`` is False when it passed through unchanged (no face,
     engine error, dropped result, idle); ``idle`` when it shows the idle picture because there is no
-    speech (silence, between segments, after an interrupt); ``capture_time`` is ``time.monotonic()``
-    when the newest input that drove it arrived (None when nothing was measured, e.g. offline)."""
+    speech (silence, between segments, after an interrupt); ``held`` when its mouth was not ready in
+    time and it shows the last generated one instead of snapping to the original (``conceal.py``);
+    ``capture_time`` is ``time.monotonic()`` when the newest input that drove it arrived (None when
+    nothing was measured, e.g. offline)."""
 
     image: np.ndarray
     pts: int
@@ -63,6 +65,7 @@ class OutputFrame:
     generated: bool
     capture_time: Optional[float]
     idle: bool = False
+    held: bool = False
 
     @property
     def time(self) -> float:
@@ -78,7 +81,9 @@ class OutputAudio:
     were released before this chunk, so an adapter can play the segment's original, unresampled audio
     in step (sample ``segment_position * rate / 16000`` of what was pushed). ``events``: the segment
     events since the previous chunk left, including those this chunk causes (its first sample starts a
-    segment, its last one finishes it); the same events go to ``session.events()``.
+    segment, its last one finishes it); the same events go to ``session.events()``. ``source``: with
+    ``SessionConfig(source_audio=True)``, the same stretch of the audio as it was pushed, float32
+    ``(m, channels)`` at ``source_rate`` (silence where this chunk is filled-in silence).
     """
 
     samples: np.ndarray
@@ -87,6 +92,8 @@ class OutputAudio:
     segment: Optional[Hashable] = None
     segment_position: int = 0
     events: tuple["SegmentEvent", ...] = ()
+    source: Optional[np.ndarray] = None
+    source_rate: Optional[int] = None
 
     @property
     def time(self) -> float:
@@ -160,7 +167,8 @@ PENDING, DROPPED, NO_FACE, IDLE, ERROR, NO_PICTURE = "pending", "dropped", "no_f
 class FrameResult:
     """What output frame ``index`` will show: a generated frame (``reason`` None) or its picture passed
     through unchanged, with the reason. ``image`` None: nothing to show (camera mode before the first
-    camera frame); the slot is skipped."""
+    camera frame); the slot is skipped. ``avatar_index`` and ``box``: the picture it was made from and
+    its face box, for concealing a drop (``conceal.py``); ``held``: a drop shown with a held mouth."""
 
     index: int
     image: Optional[np.ndarray]
@@ -168,10 +176,14 @@ class FrameResult:
     capture_time: Optional[float]
     reason: Optional[str] = None
     generation: int = 0
+    avatar_index: Optional[int] = None
+    box: Optional[tuple] = None
+    held: bool = False
 
     @classmethod
     def passed_through(cls, frame: SourceFrame, reason: str, generation: int = 0) -> "FrameResult":
-        return cls(frame.index, frame.image, False, frame.capture_time, reason, generation)
+        box = tuple(frame.track.box) if frame.track is not None and hasattr(frame.track, "box") else None
+        return cls(frame.index, frame.image, False, frame.capture_time, reason, generation, frame.avatar_index, box)
 
     @classmethod
     def nothing(cls, index: int, generation: int = 0) -> "FrameResult":

@@ -36,6 +36,8 @@ class SessionMetrics:
         self.frames_out = self.frames_generated = self.frames_dropped = self.frames_idle = 0
         self.engine_errors = self.frames_without_face = self.audio_samples_out = 0
         self.interrupts = 0
+        self.frames_held = 0
+        self.silence_cuts = 0
         self.latency_ms: deque[float] = deque(maxlen=_KEEP)
         self.overhead_ms: deque[float] = deque(maxlen=_KEEP)
         self.stage_ms: dict[str, deque[float]] = {k: deque(maxlen=_KEEP) for k in STAGES}
@@ -53,6 +55,7 @@ class SessionMetrics:
         """A frame left the session."""
         if result.reason == DROPPED:
             self.frames_dropped += 1
+            self.frames_held += result.held
         elif result.reason == IDLE:
             self.frames_idle += 1
         elif result.reason == NO_FACE:
@@ -75,6 +78,7 @@ class SessionMetrics:
             engine_errors=self.engine_errors, frames_without_face=self.frames_without_face,
             audio_samples_out=self.audio_samples_out, silence_samples=silence_samples,
             latency_ms=percentiles(self.latency_ms), overhead_ms=percentiles(self.overhead_ms),
-            delay=delay, lookahead=lookahead, interrupts=self.interrupts,
+            delay=delay, lookahead=lookahead, interrupts=self.interrupts, frames_held=self.frames_held,
+            silence_cuts=self.silence_cuts,
             stage_ms={k: percentiles(v) for k, v in self.stage_ms.items()},
         )

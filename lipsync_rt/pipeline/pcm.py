@@ -29,6 +29,14 @@ def to_mono_float(pcm: np.ndarray) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
+def to_float(pcm: np.ndarray) -> np.ndarray:
+    """Like :func:`to_mono_float`, but the channels are kept: float32 ``(n,)`` or ``(n, channels)``."""
+    x = np.asarray(pcm)
+    if x.dtype.kind in "iu":
+        return _scale_int(x.astype(np.float64), x.dtype).astype(np.float32)
+    return x.astype(np.float32, copy=True)
+
+
 def _scale_int(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype == np.int16:
         return x / 32768.0
@@ -47,6 +55,7 @@ class Resampler:
             raise LipSyncError(f"sample_rate must be a positive integer, got {rate}")
         self.rate = int(rate)
         self._pts = 0
+        self._out = 0               # 16 kHz samples handed out
         self._swr = None
         if self.rate != SAMPLE_RATE:
             import av
@@ -71,7 +80,20 @@ class Resampler:
             return np.zeros(0, np.float32)
         return self._collect(self._swr.resample(None))
 
-    @staticmethod
-    def _collect(frames) -> np.ndarray:
+    @property
+    def held(self) -> int:
+        """16 kHz samples of what was pushed that the filter still holds back (a few, at any rate but 16 kHz):
+        audio that has arrived and is not late, though not on the timeline yet."""
+        if self._swr is None:
+            return 0
+        return max(0, round(self._pts * SAMPLE_RATE / self.rate) - self._out)
+
+    def out_samples(self, n: int) -> int:
+        """How many 16 kHz samples ``n`` samples at this rate stand for."""
+        return round(n * SAMPLE_RATE / self.rate)
+
+    def _collect(self, frames) -> np.ndarray:
         parts = [f.to_ndarray().reshape(-1) for f in frames]
-        return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+        out = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+        self._out += out.size
+        return out

@@ -8,7 +8,9 @@ question                     :class:`LivePolicy`                          :class
 ===========================  ==========================================  ==============================
 queue of droppable work      drop the oldest (D never grows)             wait for room (backpressure)
 queue of windows, pictures   unbounded (never lose one)                  wait for room
-audio that has not come      silence once ``audio_grace_ms`` overdue     wait for it
+audio that has not come      silence once the producer is overdue        wait for it
+                             (its pace + ``audio_grace_ms``), or the
+                             release clock is about to need it
 batches                      the jobs waiting, never wait for more       blocks of ``batch_size`` indices
 a job past its release time  dropped before the engine call              never late
 a window that came early      becomes a job at T0 + t_i + L               at once
@@ -66,7 +68,16 @@ class Policy:
         raise NotImplementedError
 
     def samples_due(self, now: float) -> Optional[int]:
-        """Samples that must have been written by ``now``; what is missing is written as silence."""
+        """Samples due by ``now`` less the grace: where an interrupt starts the next speech."""
+        raise NotImplementedError
+
+    def fill_point(self, now: float, overdue: bool) -> Optional[int]:
+        """Where the timeline must reach by ``now``, silence filling what is missing (None: nowhere).
+        ``overdue``: the producer missed its own pace by more than the grace (``stages/audio.py``)."""
+        raise NotImplementedError
+
+    def resume_point(self, arrival: float, samples: int) -> Optional[int]:
+        """Where speech of ``samples`` (16 kHz) arriving at ``arrival`` after a pause starts (None: at the end)."""
         raise NotImplementedError
 
     def stamp(self, arrival: float) -> Optional[float]:
@@ -132,6 +143,19 @@ class LivePolicy(Policy):
     def samples_due(self, now: float) -> Optional[int]:
         return math.floor(self.clock.sample_due(now) - self._grace)
 
+    def fill_point(self, now: float, overdue: bool) -> Optional[int]:
+        if overdue:
+            return self.samples_due(now)
+        # A producer keeping its pace is never cut into; only the release clock, which plays sample s at
+        # T0 + s/16000 + D, can force silence (a producer slower than real time), one chunk ahead of need.
+        return math.floor(self.clock.sample_due(now) - self.clock.delay * SAMPLE_RATE + self.config.audio_chunk
+                          + self._grace)
+
+    def resume_point(self, arrival: float, samples: int) -> Optional[int]:
+        # Speech after a pause is placed as if captured just before it arrived, as a stream that started
+        # at T0 is: the grace stays in front of it for the jitter of the pushes that follow.
+        return math.floor(self.clock.sample_due(arrival) - min(samples, self._grace))
+
     def stamp(self, arrival: float) -> Optional[float]:
         return arrival
 
@@ -181,6 +205,12 @@ class OfflinePolicy(Policy):
         return (self.config.overhead_ms or 0.0) / 1000
 
     def samples_due(self, now: float) -> Optional[int]:
+        return None
+
+    def fill_point(self, now: float, overdue: bool) -> Optional[int]:
+        return None
+
+    def resume_point(self, arrival: float, samples: int) -> Optional[int]:
         return None
 
     def stamp(self, arrival: float) -> Optional[float]:

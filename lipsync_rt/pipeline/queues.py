@@ -40,8 +40,11 @@ class BackpressureQueue(asyncio.Queue):
     async def end(self, marker: StreamEnd = END) -> None:
         await self.put(marker)
 
-    def close(self) -> None:
-        """Put :data:`END` without waiting; a full queue loses its oldest items (nobody will read them)."""
+    def close(self, drain: bool = False) -> None:
+        """Put :data:`END` without waiting; a full queue loses its oldest items (nobody will read them).
+        ``drain``: everything queued goes first (a session shutting down lets go of its frames)."""
+        while drain and not self.empty():
+            self.get_nowait()
         while True:
             try:
                 self.put_nowait(END)
@@ -76,7 +79,9 @@ class DropOldestQueue(Generic[T]):
     async def end(self, marker: StreamEnd = END) -> None:
         self.put_nowait(marker, droppable=False)
 
-    def close(self) -> None:
+    def close(self, drain: bool = False) -> None:
+        if drain:
+            self._items.clear()
         self.put_nowait(END, droppable=False)
 
     async def get(self) -> T:
@@ -129,3 +134,8 @@ class Inbox:
 
     def get_nowait(self) -> object:
         return self._queue.get_nowait()
+
+    def clear(self) -> None:
+        """Forget what waits (a closed session); pushes from other threads may still land, and are small."""
+        while not self._queue.empty():
+            self._queue.get_nowait()

@@ -39,10 +39,11 @@ from .clock import MediaClock, lookahead
 from .config import SessionConfig, SessionStats
 from .messages import DROPPED, FrameResult, Generation, Job, OutputAudio, OutputFrame
 from .metrics import SessionMetrics
-from .pcm import to_mono_float
+from .pcm import to_float, to_mono_float
 from .policy import policy_for
 from .queues import BackpressureQueue, DropOldestQueue, Inbox, StreamEnd
 from .segments import SegmentEvent, SegmentId, Segments
+from .source_audio import SourceAudio
 from .stages import (AudioStage, AvatarPictures, BlendStage, CameraPictures, InferStage, LipSyncModel,
                      PictureStage, ReleaseStage, Tracker)
 from .stages.audio import AudioPush, SegmentEnd
@@ -99,7 +100,7 @@ class LipSyncSession:
 
         # The ends of the graph. Input pushed before start() waits in the inboxes.
         self._audio_in, self._video_in = Inbox(), Inbox()
-        self._timeline = Timeline()
+        self._timeline = Timeline(SourceAudio() if config.source_audio else None)
         self._video_out = self.policy.droppable_queue(max(config.queue_frames, int(2 * config.fps)),
                                                       self.metrics.output_dropped)
         self._audio_out = BackpressureQueue()
@@ -194,8 +195,9 @@ class LipSyncSession:
         generation = self._generation.current
         if not self._segments.accept(segment):
             return False
+        source = to_float(pcm) if self.config.source_audio else None
         self._audio_in.put(AudioPush(samples.copy() if samples is pcm else samples, int(sample_rate),
-                                     time.monotonic(), segment, generation))
+                                     time.monotonic(), segment, generation, source))
         return True
 
     def end_of_segment(self, segment: Optional[SegmentId] = None) -> None:
@@ -302,6 +304,9 @@ class LipSyncSession:
             raise self._error
 
     def stats(self) -> SessionStats:
+        audio = self._stages.get("audio")
+        if audio is not None:
+            self.metrics.silence_cuts = audio.silence_cuts
         return self.metrics.snapshot(silence_samples=self._timeline.silence_samples, delay=self.delay,
                                      lookahead=self.lookahead)
 
@@ -329,9 +334,30 @@ class LipSyncSession:
             self._track_pool.shutdown(wait=True)
         if self._work_pool is not None:
             self._work_pool.shutdown(wait=True)
-        self._video_out.close()
-        self._audio_out.close()
+        self._video_out.close(drain=True)
+        self._audio_out.close(drain=True)
         self._events.close()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """A closed session drops everything big it held: queued and unreleased audio, frames waiting to
+        leave, the stages with their queues and the blender's masks. Whoever still holds the session
+        (a WebRTC transport that finishes its own teardown later, an unfinished ``video()`` iterator)
+        then holds a small object, not megabytes of media."""
+        audio = self._stages.get("audio")
+        if audio is not None:
+            self.metrics.silence_cuts = audio.silence_cuts
+        self._audio_in.clear()
+        self._video_in.clear()
+        self._timeline.clear()
+        for stage in self._stages.values():
+            if isinstance(stage, ReleaseStage):
+                stage.drop()
+        self._stages, self._tasks = {}, []
+        self._pictures = self._framer = None
+        self._tracker = None
+        if self._own_batcher:
+            self._batcher = None
 
     async def __aenter__(self) -> "LipSyncSession":
         await self.start()
@@ -356,7 +382,7 @@ class LipSyncSession:
         if self._closed:
             return
         release, audio = self._stages.get("release"), self._stages.get("audio")
-        if release is None:                     # not started: only the pushes in the inbox were dropped
+        if release is None or audio is None:    # not started: only the pushes in the inbox were dropped
             self._segments.cut(0)
             return
         ended = self._timeline.closed

@@ -20,15 +20,18 @@ import numpy as np
 from lipsync_rt.audio import HOP, MEL_SILENCE, MEL_STEP, N_MELS, StreamingMel
 
 from .clock import MediaClock
+from .source_audio import SourceAudio
 
 
 class Timeline:
     """Samples by absolute position, as written (one stored piece per :meth:`append`).
 
     ``end`` is the write position; ``closed`` after end of input. Readers wait with :meth:`wait_for`.
+    ``source``: the pushed audio as it came (``source_audio.py``), cut and let go with the timeline.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, source: "SourceAudio | None" = None) -> None:
+        self.source = source
         self.end = 0
         self.closed = False
         self.floor = 0              # where the audio of the last cut stops: before it, windows hear nothing
@@ -91,6 +94,8 @@ class Timeline:
                 self.silence_samples -= b - max(a, position)
         self._silence = kept
         self.end = self.floor = position
+        if self.source is not None:
+            self.source.cut(position)
         self._changed.set()
 
     def is_silence(self, start: int, stop: int) -> bool:
@@ -122,12 +127,23 @@ class Timeline:
             raise ValueError(f"timeline samples before {self._chunks[0][0]} were discarded")
         return out
 
+    def clear(self) -> None:
+        """Let go of every sample (a closed session); positions stay where they were."""
+        self._chunks.clear()
+        self._silence.clear()
+        if self.source is not None:
+            self.source = SourceAudio()
+        self.closed = True
+        self._changed.set()
+
     def discard_before(self, position: int) -> None:
         """Forget what has been released (silence intervals are kept 0.5 s longer for ``is_silence``)."""
         while self._chunks and self._chunks[0][0] + self._chunks[0][1].size <= position:
             self._chunks.popleft()
         while len(self._silence) > 1 and self._silence[0][1] <= position - 8000:
             self._silence.pop(0)
+        if self.source is not None:
+            self.source.discard_before(position)
 
 
 class MelFramer:

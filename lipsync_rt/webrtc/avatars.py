@@ -11,13 +11,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from ..assets import example_face
 from ..errors import LipSyncError
 
 if TYPE_CHECKING:
     from ..engine import Engine, MicroBatcher
     from ..pipeline import Avatar
 
-EXAMPLE_FACE = Path(__file__).resolve().parents[2] / "examples" / "face.jpg"
+EXAMPLE_FACE = example_face()
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -59,7 +60,7 @@ def parse_idle_specs(specs: Sequence[str], avatars: dict[str, Path]) -> dict[str
 
 
 def default_avatar_specs() -> dict[str, Path]:
-    """One avatar, ``face``, from the example photo, when it is there (a source checkout)."""
+    """One avatar, ``face``, from the example photo (package data, so any install has it)."""
     return {"face": EXAMPLE_FACE} if EXAMPLE_FACE.is_file() else {}
 
 

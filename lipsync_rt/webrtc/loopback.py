@@ -97,9 +97,16 @@ class Received:
 
 
 class LoopbackClient:
+    """``session``: watch that push session (a viewer: sends nothing, receives both tracks)."""
+
     def __init__(self, base_url: str, *, mode: str = "camera", avatar: Optional[str] = None,
-                 frames: Optional[Sequence[np.ndarray]] = None, speech: np.ndarray, fps: float = 25.0,
-                 token: Optional[str] = None, keep_every: int = 0) -> None:
+                 frames: Optional[Sequence[np.ndarray]] = None, speech: Optional[np.ndarray] = None,
+                 fps: float = 25.0, token: Optional[str] = None, keep_every: int = 0,
+                 session: Optional[str] = None) -> None:
+        if session is not None:
+            mode = "avatar"
+        elif speech is None:
+            raise LipSyncError("a client that is not a viewer needs speech to send")
         if mode == "camera" and not frames:
             raise LipSyncError("camera mode needs face frames to send")
         self.base_url = base_url.rstrip("/")
@@ -107,10 +114,11 @@ class LoopbackClient:
         self.keep_every = keep_every
         self.received = Received()
         self.session_id: Optional[str] = None
+        self.watch = session
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._clock = MediaClock()
         self.video_out = ClipVideoTrack(frames, fps, self._clock) if mode == "camera" else None
-        self.audio_out = SpeechTrack(speech, self._clock)
+        self.audio_out = SpeechTrack(speech, self._clock) if session is None else None
         self._tasks: list[asyncio.Task] = []
         self.pc.on("track", self._on_track)
 
@@ -148,7 +156,10 @@ class LoopbackClient:
 
     async def connect(self, http: aiohttp.ClientSession) -> None:
         """Offer, wait for the answer; raises LipSyncError with the server's reason when refused."""
-        self.pc.addTrack(self.audio_out)
+        if self.audio_out is not None:
+            self.pc.addTrack(self.audio_out)
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
         if self.video_out is not None:
             self.pc.addTrack(self.video_out)
         else:
@@ -157,11 +168,13 @@ class LoopbackClient:
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "mode": self.mode}
         if self.avatar:
             body["avatar"] = self.avatar
+        if self.watch:
+            body["session"] = self.watch
         async with http.post(f"{self.base_url}/offer", json=body, headers=self._headers()) as response:
             answer = await response.json()
             if response.status != 200:
                 raise LipSyncError(f"offer refused ({response.status}): {answer.get('error')}")
-        self.session_id = answer["session"]
+        self.session_id = answer.get("viewer", answer["session"])
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
 
     async def close(self, http: Optional[aiohttp.ClientSession] = None) -> None:

@@ -1,9 +1,20 @@
-"""One browser (or any WebRTC client): its peer connection, its lip-sync session, and their tasks.
+"""One browser (or any WebRTC client): its peer connection, the session it sees, and their tasks.
+
+A peer either owns its session (the browser's microphone or camera drives it: closing the peer closes
+the session's :class:`~lipsync_rt.webrtc.hub.SessionHub`) or is a *viewer* of a session driven by the
+audio-push API (it reads the hub's broadcast; closing it only unsubscribes, and whatever it sends is
+discarded). Either way its tracks read a :class:`~lipsync_rt.io.fanout.Subscription` of the hub.
 
 Everything a peer starts it also ends: :meth:`Peer.close` stops the outgoing tracks, cancels the
 readers and the connect watchdog, closes the connection and the session, and folds the session's
 figures into the server's totals. It runs once, whichever comes first: the client's ``/close``, a
 failed or closed connection, a connection that never came up, or the server shutting down.
+
+Then it cuts every link from aiortc's objects back to the session: aiortc keeps a closed
+connection's senders (and so their tracks and the connection's event listeners) until its own connect
+task ends, which for a client that never finished connecting can be much later or never. The tracks
+let go of the session's iterators and the connection forgets its listeners, so a closed session is
+freed at once (``tests/test_webrtc_memory.py``).
 """
 
 from __future__ import annotations
@@ -24,18 +35,20 @@ from .metrics import RateMeter, ServerMetrics
 from .tracks import SessionAudioTrack, SessionVideoTrack, read_audio, read_video_newest
 
 if TYPE_CHECKING:
-    from ..pipeline import LipSyncSession
+    from .hub import SessionHub
 
 log = logging.getLogger(__name__)
 
 
 class Peer:
-    def __init__(self, pc: RTCPeerConnection, session: "LipSyncSession", mode: str, metrics: ServerMetrics,
-                 on_closed: Callable[["Peer"], None]) -> None:
-        self.id = secrets.token_urlsafe(16)
+    def __init__(self, pc: RTCPeerConnection, hub: "SessionHub", mode: str, metrics: ServerMetrics,
+                 on_closed: Callable[["Peer"], None], *, viewer: bool = False) -> None:
+        self.id = secrets.token_urlsafe(16) if viewer else hub.id
         self.short_id = self.id[:8]
         self.pc = pc
-        self.session = session
+        self.hub = hub
+        self.session = hub.session
+        self.viewer = viewer
         self.mode = mode
         self.metrics = metrics
         self.fps = RateMeter()
@@ -48,8 +61,9 @@ class Peer:
         self.registered = False  # set by the server once the answer is out; only then is it counted
         self._blackhole = MediaBlackhole()  # reads a camera nobody uses, so aiortc's queue cannot grow
         clock = MediaClock()
-        self.video_track = SessionVideoTrack(session.video(), clock, on_frame=self._sent_video)
-        self.audio_track = SessionAudioTrack(session.audio(), clock, on_frame=self._sent_audio)
+        self._media = hub.subscribe(f"peer {self.short_id}")
+        self.video_track = SessionVideoTrack(self._media.video(), clock, on_frame=self._sent_video)
+        self.audio_track = SessionAudioTrack(self._media.audio(), clock, on_frame=self._sent_audio)
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_state)
 
@@ -76,7 +90,10 @@ class Peer:
         self.metrics.input_frames_dropped += count
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
+        if self.viewer:             # a viewer's microphone or camera drives nothing
+            self._blackhole.addTrack(track)
+            self._spawn(self._blackhole.start())
+        elif track.kind == "audio":
             self._spawn(read_audio(track, self.session.push_audio))
         elif self.mode == "camera":
             self._spawn(read_video_newest(track, self.session.push_video, self._dropped_input))
@@ -120,16 +137,19 @@ class Peer:
             await self.pc.close()
         except Exception:  # noqa: BLE001 - a broken transport must not stop the rest of the cleanup
             log.exception("session %s: closing the peer connection failed", self.short_id)
-        try:
-            stats = self.session.stats()
-            self.metrics.pipeline_frames_dropped_closed += stats.frames_dropped
-            self.metrics.engine_errors_closed += stats.engine_errors
-        except Exception:  # noqa: BLE001
-            log.exception("session %s: stats failed", self.short_id)
-        try:
-            await self.session.close()
-        except Exception:  # noqa: BLE001
-            log.exception("session %s: closing the pipeline failed", self.short_id)
+        if self.viewer:
+            self.hub.broadcast.unsubscribe(self._media)
+        else:
+            try:
+                stats = self.session.stats()
+                self.metrics.pipeline_frames_dropped_closed += stats.frames_dropped
+                self.metrics.engine_errors_closed += stats.engine_errors
+            except Exception:  # noqa: BLE001
+                log.exception("session %s: stats failed", self.short_id)
+            await self.hub.close()      # the session, and its recording finalised
+        await self.video_track.detach()
+        await self.audio_track.detach()
+        self.pc.remove_all_listeners()
         if self.registered:
             self.metrics.sessions_ended += 1
         self.closed.set()

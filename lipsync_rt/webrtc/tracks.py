@@ -31,6 +31,21 @@ __all__ = ["MediaClock", "SessionAudioTrack", "SessionVideoTrack", "audio_frame"
            "read_video_newest"]
 
 
+async def _detach(track: MediaStreamTrack, source_attr: str) -> None:
+    """Stop ``track`` and let go of its source iterator and callback, closing the iterator when nobody
+    is inside it. aiortc may keep a closed peer's sender (and so this track) until its own connect task
+    ends, which can take long: the track must not keep the session alive meanwhile."""
+    track.stop()
+    source, track._on_frame = getattr(track, source_attr), None
+    setattr(track, source_attr, None)
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except RuntimeError:        # being iterated right now by a recv() that is ending: it finishes itself
+            pass
+
+
 class SessionVideoTrack(MediaStreamTrack):
     """The session's output video as an aiortc track (``bgr24`` frames, pts on the 90 kHz RTP clock)."""
 
@@ -43,8 +58,12 @@ class SessionVideoTrack(MediaStreamTrack):
         self._clock = clock
         self._on_frame = on_frame
 
+    async def detach(self) -> None:
+        """Stop, and let go of the session's frames (see ``_detach``)."""
+        await _detach(self, "_frames")
+
     async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
+        if self.readyState != "live" or self._frames is None:
             raise MediaStreamError
         try:
             item = await self._frames.__anext__()
@@ -62,9 +81,20 @@ class SessionVideoTrack(MediaStreamTrack):
 
 
 def audio_frame(samples: np.ndarray, pts: int, sample_rate: int) -> av.AudioFrame:
-    """float32 mono in [-1, 1] -> an ``s16`` mono frame, the only sample format aiortc's Opus encoder takes."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
-    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+    """float32 in [-1, 1], mono ``(n,)`` or ``(n, channels)`` -> an ``s16`` *stereo* frame.
+
+    s16 mono or stereo is all aiortc's Opus encoder takes, and it sends stereo: a mono frame would be
+    upmixed by FFmpeg at -3 dB per channel, so the far end heard speech 3 dB quieter than it was (6 dB
+    after a mono round trip). Mono is sent as two equal channels at its own level; more channels than
+    two are averaged first.
+    """
+    x = np.asarray(samples, np.float32)
+    if x.ndim == 2 and x.shape[1] != 2:
+        x = x.mean(axis=1)
+    if x.ndim == 1:
+        x = np.repeat(x[:, None], 2, axis=1)
+    pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="stereo")
     frame.sample_rate = sample_rate
     frame.pts = pts
     frame.time_base = Fraction(1, sample_rate)
@@ -72,10 +102,12 @@ def audio_frame(samples: np.ndarray, pts: int, sample_rate: int) -> av.AudioFram
 
 
 class SessionAudioTrack(MediaStreamTrack):
-    """The session's (delayed) output audio, re-cut into 20 ms frames, pts in samples.
+    """The session's (delayed) output audio, re-cut into 20 ms stereo frames, pts in samples.
 
     Chunks may have any length; a gap in their pts is filled with silence so the RTP clock stays
-    true, and an overlap or a jump backwards restarts the buffer at the new pts.
+    true, and an overlap or a jump backwards restarts the buffer at the new pts. A chunk that carries
+    the pushed audio as it came (``OutputAudio.source``, a session with ``source_audio``) is sent as
+    that, at its own rate (a 48 kHz microphone keeps its top octave); else its 16 kHz samples.
     """
 
     kind = "audio"
@@ -87,13 +119,21 @@ class SessionAudioTrack(MediaStreamTrack):
         self._chunks = chunks
         self._on_frame = on_frame
         self._clock = clock
-        self._buffer = np.zeros(0, np.float32)
-        self._pts: Optional[int] = None  # pts of the first sample in the buffer
+        self._buffer = np.zeros((0, 2), np.float32)
+        self._pts: Optional[int] = None  # pts of the first sample in the buffer, at _rate
         self._rate = SAMPLE_RATE
         self._ended = False
 
+    async def detach(self) -> None:
+        """Stop, and let go of the session's audio (see ``_detach``)."""
+        await _detach(self, "_chunks")
+
     def _append(self, samples: np.ndarray, pts: int, rate: int) -> None:
-        samples = np.asarray(samples, np.float32).reshape(-1)
+        samples = np.asarray(samples, np.float32)
+        if samples.ndim == 2 and samples.shape[1] != 2:
+            samples = samples.mean(axis=1)
+        if samples.ndim == 1:
+            samples = np.repeat(samples[:, None], 2, axis=1)
         if self._pts is None or rate != self._rate:
             self._buffer, self._pts, self._rate = samples, pts, rate
             return
@@ -102,12 +142,12 @@ class SessionAudioTrack(MediaStreamTrack):
         if gap == 0:
             self._buffer = np.concatenate([self._buffer, samples])
         elif 0 < gap <= self.MAX_GAP_S * rate:
-            self._buffer = np.concatenate([self._buffer, np.zeros(gap, np.float32), samples])
+            self._buffer = np.concatenate([self._buffer, np.zeros((gap, 2), np.float32), samples])
         else:  # overlap or a jump: start again at the chunk's own time
             self._buffer, self._pts = samples, pts
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
+        if self.readyState != "live" or self._chunks is None:
             raise MediaStreamError
         need = lambda: int(round(self._rate * AUDIO_PTIME))  # noqa: E731 - the rate is known after a chunk
         while not self._ended and (self._pts is None or len(self._buffer) < need()):
@@ -116,14 +156,18 @@ class SessionAudioTrack(MediaStreamTrack):
             except StopAsyncIteration:
                 self._ended = True
                 break
-            self._append(chunk.samples, chunk.pts, chunk.sample_rate)
+            if chunk.source is not None and chunk.source_rate:
+                pts = round(Fraction(chunk.pts * chunk.source_rate, chunk.sample_rate))   # as source_audio rounds
+                self._append(chunk.source, pts, chunk.source_rate)
+            else:
+                self._append(chunk.samples, chunk.pts, chunk.sample_rate)
         n = need()
         if len(self._buffer) == 0 or self._pts is None:
             self.stop()
             raise MediaStreamError
         samples = self._buffer[:n]
         if len(samples) < n:  # the last, partial frame of the stream
-            samples = np.concatenate([samples, np.zeros(n - len(samples), np.float32)])
+            samples = np.concatenate([samples, np.zeros((n - len(samples), 2), np.float32)])
         pts = self._pts
         self._buffer, self._pts = self._buffer[n:], self._pts + n
         await self._clock.wait_until(pts / self._rate)

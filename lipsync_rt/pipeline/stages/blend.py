@@ -46,7 +46,8 @@ class BlendStage:
             self._metrics.record("blend", started)
             now = time.monotonic()
             for job, image in zip(batch.jobs, images):
-                self._release.submit(FrameResult(job.index, image, True, job.capture_time, None, job.generation))
+                self._release.submit(FrameResult(job.index, image, True, job.capture_time, None, job.generation,
+                                                 job.frame.avatar_index, tuple(job.frame.track.box)))
                 self._metrics.ready(self._policy.overhead(job.index, now))
 
     def _paste(self, batch: GeneratedFaces) -> list[np.ndarray]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from lipsync_rt.audio import SAMPLE_RATE
 
 from ..clock import MediaClock
+from ..conceal import Concealer
 from ..messages import DROPPED, IDLE, FrameResult, Generation, OutputAudio, OutputFrame, SourceFrame
 from ..metrics import SessionMetrics
 from ..queues import Queue
@@ -55,6 +56,7 @@ class ReleaseStage:
         self._video_out, self._audio_out = video_out, audio_out
         self._stand_in = stand_in
         self._metrics = metrics
+        self._concealer = Concealer() if policy.live and policy.config.conceal_drops else None
         self._waiting: dict[int, FrameResult] = {}
         self._changed = asyncio.Event()
 
@@ -85,6 +87,11 @@ class ReleaseStage:
             frame = self._stand_in(index)
             if frame is not None:
                 self._waiting[index] = FrameResult.passed_through(frame, IDLE, self.generation.current)
+        self._changed.set()
+
+    def drop(self) -> None:
+        """Let go of every frame waiting here (the session is closed)."""
+        self._waiting.clear()
         self._changed.set()
 
     def held(self, index: int) -> Optional[FrameResult]:
@@ -122,13 +129,18 @@ class ReleaseStage:
         result = self._waiting.pop(index, None)
         if result is None:
             frame = self._stand_in(index)
-            return None if frame is None else FrameResult.passed_through(frame, DROPPED, self.generation)
-        return result if result.final else dataclasses.replace(result, reason=DROPPED)
+            result = None if frame is None else FrameResult.passed_through(frame, DROPPED, self.generation.current)
+        elif not result.final:
+            result = dataclasses.replace(result, reason=DROPPED)
+        if result is not None and self._concealer is not None:
+            result = self._concealer.conceal(result)
+            self._concealer.released(result)
+        return result
 
     async def _emit(self, result: FrameResult) -> None:
         self._metrics.released(result, time.monotonic())
         frame = OutputFrame(result.image, result.index, self._clock.time_base, result.generated, result.capture_time,
-                            result.reason == IDLE)
+                            result.reason == IDLE, result.held)
         await self._video_out.put(frame)    # live: never waits (drops the oldest); offline: backpressure
 
     def _ended_before(self, index: int) -> bool:
@@ -140,8 +152,11 @@ class ReleaseStage:
             segment, before, boundary = self.segments.segment_at(pos)
             stop = min(stop, boundary)
             self.segments.released(stop)
+            source = self._timeline.source
+            original = source.read(pos, stop) if source is not None else None
             self._audio_out.put_nowait(OutputAudio(self._timeline.read(pos, stop), pos, SAMPLE_RATE, segment,
-                                                   before, self.segments.take_inband()))
+                                                   before, self.segments.take_inband(), original,
+                                                   (source.rate or SAMPLE_RATE) if source is not None else None))
             self._metrics.audio_samples_out += stop - pos
             self.audio_position = stop
             self._timeline.discard_before(stop)

@@ -31,6 +31,7 @@ async function loadConfig() {
   $('token-label').hidden = !config.token_required;
   if (params.get('token')) $('token').value = params.get('token');
   if (params.get('mode')) $('mode').value = params.get('mode');
+  if (params.get('session')) $('watch').value = params.get('session');
   if (params.get('avatar')) avatar.value = params.get('avatar');
   if (params.get('audio') === 'file') $('audio-source').value = 'file';
   updateForm();
@@ -64,14 +65,16 @@ async function start() {
   lipsync.state = 'starting';
   setStatus('asking for media…');
   try {
-    const mode = $('mode').value;
-    const useFile = $('audio-source').value === 'file';
+    const watch = $('watch').value.trim();  // a push session's id: watch it, send nothing
+    const mode = watch ? 'avatar' : $('mode').value;
+    const useFile = !watch && $('audio-source').value === 'file';
     // Echo cancellation, noise suppression and auto gain distort the speech that drives the lips.
     const constraints = {
       audio: useFile ? false : { echoCancellation: false, noiseSuppression: false, autoGainControl: false,
                                  channelCount: 1 },
       video: mode === 'camera' ? { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 25 } } : false,
     };
+    if (watch) constraints.audio = false;
     localStream = constraints.audio || constraints.video
       ? await navigator.mediaDevices.getUserMedia(constraints) : new MediaStream();
     if (useFile) localStream.addTrack(await fileAudioTrack());
@@ -79,6 +82,7 @@ async function start() {
 
     pc = new RTCPeerConnection({ iceServers: lipsync.config.ice_servers });
     for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
+    if (watch) pc.addTransceiver('audio', { direction: 'recvonly' });
     if (mode === 'avatar') pc.addTransceiver('video', { direction: 'recvonly' });
     pc.addEventListener('track', (event) => {
       if ('jitterBufferTarget' in event.receiver) event.receiver.jitterBufferTarget = 0;
@@ -101,11 +105,12 @@ async function start() {
     const response = await fetch('/offer', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json', ...authHeaders() },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: 'offer', mode, avatar: $('avatar').value }),
+      body: JSON.stringify(watch ? { sdp: pc.localDescription.sdp, type: 'offer', session: watch }
+        : { sdp: pc.localDescription.sdp, type: 'offer', mode, avatar: $('avatar').value }),
     });
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
-    lipsync.session = answer.session;
+    lipsync.session = answer.viewer || answer.session;  // Stop ends a viewer, never the watched session
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     $('stop').disabled = false;
     statsTimer = setInterval(collectStats, 1000);

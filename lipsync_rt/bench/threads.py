@@ -1,0 +1,62 @@
+"""Where a process's CPU goes, by thread: the profile behind ``bench webrtc --profile``.
+
+Every thread of the server has a job (the event loop, the engine's batcher, a session's crops and
+blending, aiortc's encoders in the loop's default executor, its decoders), so the CPU each thread used
+over a window, read from ``/proc/self/task`` (Linux) and grouped by the Python thread's name, says what
+the time is spent on without a sampling profiler's overhead. Threads that Python did not start (torch's
+and onnxruntime's intra-op pools) are counted together as ``native pools``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from typing import Optional
+
+GROUPS = (
+    ("MainThread", "event loop"),
+    ("lipsync-engine", "engine"),
+    ("lipsync-work", "crops + blending"),
+    ("lipsync-track", "face tracking"),
+    ("asyncio_", "aiortc encode (executor)"),
+    ("decoder_worker", "aiortc decode"),
+)
+
+
+def group(name: Optional[str]) -> str:
+    if name is None:
+        return "native pools"
+    for prefix, label in GROUPS:
+        if prefix in name:
+            return label
+    return "other Python threads"
+
+
+def thread_times() -> Optional[dict[int, tuple[str, float]]]:
+    """``{tid: (group, cpu seconds so far)}`` for every thread of this process; None off Linux."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:                    # ended meanwhile
+            continue
+        out[int(tid)] = (group(names.get(int(tid))), (int(fields[11]) + int(fields[12])) / ticks)
+    return out
+
+
+def cores_by_group(before: Optional[dict], after: Optional[dict], seconds: float) -> dict[str, float]:
+    """CPU cores used per group between two :func:`thread_times` readings ``seconds`` apart."""
+    if before is None or after is None or seconds <= 0:
+        return {}
+    used: Counter = Counter()
+    for tid, (label, cpu) in after.items():
+        used[label] += cpu - before.get(tid, (label, 0.0))[1]
+    return {label: round(value / seconds, 3) for label, value in used.most_common() if value > 0}
