@@ -1,0 +1,260 @@
+"""``lipsync-rt eval`` end to end: offsets follow shifted audio (both judges), mismatched audio scores
+worse than matched audio on a synthetic test split, look against a reference, tables, JSON and plots,
+and one-line errors for bad input.
+
+SyncNet v2's real weights cannot be downloaded here, so its path is driven through the whole pipeline
+(face track, 224x224 crops, MFCCs, windows, padding, scores) by a stand-in network with the same two
+methods, whose "embeddings" are the crop's brightness and the audio's energy per frame: with a video
+whose brightness follows its speech, sync is known by construction. Seeded real weights check the
+architecture's path through the command. The expert is the bundled one; no test assumes its scores,
+only their order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lipsync_rt.audio import SAMPLE_RATE, load_audio
+from lipsync_rt.cli import main
+from lipsync_rt.evaluation.inputs import open_clip
+from lipsync_rt.evaluation.judges import SyncNetJudge
+from lipsync_rt.evaluation.run import Judges, evaluate_clip
+from lipsync_rt.media import Mp4Writer
+from tests.conftest import EXAMPLE_SPEECH, face_frames, write_wav
+
+SPF = SAMPLE_RATE // 25
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["eval", "--quiet", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(code: int, err: str, *words: str) -> None:
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lipsync-rt: error:"), err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def shifted(wav: np.ndarray, frames: int) -> np.ndarray:
+    """Audio delayed by ``frames`` (silence in front) or, for a negative count, advanced (start cut)."""
+    if frames >= 0:
+        return np.concatenate([np.zeros(frames * SPF, np.float32), wav])
+    return wav[-frames * SPF:]
+
+
+# ---- SyncNet's pipeline, with a stand-in network ------------------------------------------------------------
+
+class BrightnessSyncNet(torch.nn.Module):
+    """forward_lip: minus the mean brightness of each of the 5 crops; forward_aud: the mean log energy
+    (MFCC coefficient 0) of each video frame's 4 MFCC frames; both centred and scaled to unit length."""
+
+    @staticmethod
+    def _unit(x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(dim=1, keepdim=True)
+        return x / (x.norm(dim=1, keepdim=True) + 1e-6)
+
+    def forward_lip(self, x: torch.Tensor) -> torch.Tensor:       # [B, 3, 5, 224, 224], 0-255
+        return self._unit(-x.mean(dim=(1, 3, 4)))
+
+    def forward_aud(self, x: torch.Tensor) -> torch.Tensor:       # [B, 1, 13, 20]
+        return self._unit(x[:, 0, 0, :].reshape(len(x), 5, 4).mean(dim=2))
+
+
+@pytest.fixture(scope="module")
+def bright_talk(tmp_path_factory, photo) -> tuple[Path, np.ndarray]:
+    """3 s of the face whose picture darkens with the loudness of each frame's own audio."""
+    root = tmp_path_factory.mktemp("bright")
+    wav = load_audio(EXAMPLE_SPEECH)[: 3 * SAMPLE_RATE]
+    n = len(wav) // SPF
+    level = np.array([10 * np.log10(np.mean(wav[i * SPF:(i + 1) * SPF] ** 2) + 1e-8) for i in range(n)])
+    loud = np.clip((level + 60) / 50, 0, 1)
+    path = root / "bright.mp4"
+    with Mp4Writer(path, 25) as writer:
+        for frame, gain in zip(face_frames(photo, n, blank=()), 1 - 0.5 * loud):
+            writer.write_video((frame * gain).astype(np.uint8))
+        writer.write_audio(wav)
+    return path, wav
+
+
+@pytest.mark.parametrize("frames", [0, 3, -2])
+def test_syncnet_offset_follows_shifted_audio(bright_talk, tmp_path, frames):
+    path, wav = bright_talk
+    audio = write_wav(tmp_path / "shifted.wav", shifted(wav, frames))
+    judges = Judges([SyncNetJudge(BrightnessSyncNet(), "stand-in", torch.device("cpu"))])
+    result = evaluate_clip(open_clip(path, audio), judges)["syncnet"]
+    assert result["offset"] == -frames                           # delayed audio: a negative offset
+    assert abs(result["av_offset_ms"] + 40 * frames) <= 20
+    assert result["lse_c"] > 0.1
+
+
+def test_a_video_with_its_own_soundtrack_is_judged_in_sync_by_the_track_crop(bright_talk):
+    path, _ = bright_talk
+    judges = Judges([SyncNetJudge(BrightnessSyncNet(), "stand-in", torch.device("cpu"))])
+    result = evaluate_clip(open_clip(path), judges)
+    assert result["crop"] == "track" and result["frames_without_face"] == 0 and result["frames"] == 75
+    assert result["windows"] == 70 and result["syncnet"]["offset"] == 0
+    assert result["syncnet"]["offsync_acc"] > 0.2       # chance: 1 in 31
+
+
+def test_seeded_syncnet_v2_runs_through_the_command(tmp_path, capsys, photo, speech):
+    from tests.test_eval_scoring import seeded_syncnet
+
+    torch.save(seeded_syncnet(4).state_dict(), tmp_path / "syncnet_v2.model")
+    video = tmp_path / "talk.mp4"
+    wav = load_audio(speech)[: SAMPLE_RATE]
+    with Mp4Writer(video, 25) as writer:
+        for frame in face_frames(photo, 25, blank=()):
+            writer.write_video(frame)
+        writer.write_audio(wav)
+    code, out, err = run_cli(capsys, video, "--syncnet", tmp_path / "syncnet_v2.model", "--expert", "none",
+                             "--json", tmp_path / "s.json", "--plot", tmp_path / "s.png")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "s.json").read_text())
+    s = doc["clips"][0]["syncnet"]
+    assert doc["judges"] == {"syncnet": "syncnet_v2.model"} and doc["clips"][0]["windows"] == 20
+    assert len(s["mdist"]) == 31 and s["lse_d"] == min(s["mdist"]) and np.isfinite(s["lse_c"])
+    assert s["lse_c"] == pytest.approx(np.median(s["mdist"]) - s["lse_d"])
+    assert len(s["frame_conf"]) == 20 and len(s["fine_dist"]) == 121
+    assert "SyncNet v2 (syncnet_v2.model)" in out and (tmp_path / "s.png").stat().st_size > 10000
+
+
+# ---- the bundled expert on a synthetic test split -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> Path:
+    """A tiny synthetic corpus (train/synthetic_corpus.py) whose test split is 4 clips of 4 identities of
+    the held-out person, 2.5-3.5 s each."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    from train.corpus import build
+
+    out = tmp_path_factory.mktemp("split") / "synth"
+    settings = build.Settings(clips=8, seconds=(2.5, 3.5), seed=3, val_fraction=0.0, test_fraction=0.5, size=128,
+                              clips_per_identity=1)
+    build.build_corpus(out, settings, workers=1, previews=0, progress=False)
+    assert len((out / "filelists" / "test.txt").read_text().split()) == 4
+    return out
+
+
+@pytest.fixture(scope="module")
+def judged(split, tmp_path_factory) -> dict:
+    """The test split judged by the bundled expert with each clip's own audio and with the next clip's."""
+    out = tmp_path_factory.mktemp("judged")
+    filelist = split / "filelists" / "test.txt"
+    docs = {}
+    for name, extra in (("matched", ()), ("mismatched", ("--mismatch",))):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(["eval", "--quiet", "--filelist", str(filelist), "--json", str(out / f"{name}.json"), *extra])
+        assert code == 0
+        docs[name] = json.loads((out / f"{name}.json").read_text())
+        docs[name]["printed"] = printed.getvalue()
+    return docs
+
+
+def test_mismatched_audio_scores_clearly_worse_than_matched(judged):
+    good, bad = judged["matched"]["summary"]["expert"], judged["mismatched"]["summary"]["expert"]
+    assert judged["matched"]["clips"][0]["crop"] == "none" and judged["mismatched"]["mismatch"]
+    assert good["lse_c"] > 1.3 * bad["lse_c"]
+    assert good["lse_d"] < bad["lse_d"] and good["p_sync"] > bad["p_sync"]
+    assert good["offset_zero"] >= 0.5 > bad["offset_zero"]
+
+
+def test_expert_offset_follows_shifted_audio(split, judged, tmp_path, capsys):
+    """On the clip the expert is surest about (highest LSE-C with its own audio), audio delayed or
+    advanced by 3 frames moves the offset by 3 frames and the A/V offset by 120 ms (within a mel column)."""
+    best = max(judged["matched"]["clips"], key=lambda c: c["expert"]["lse_c"])
+    clip = split / best["name"]
+    wav = load_audio(clip / "audio.wav")
+    for frames in (3, -3):
+        audio = write_wav(tmp_path / f"a{frames}.wav", shifted(wav, frames))
+        code, _, err = run_cli(capsys, clip, "--audio", audio, "--json", tmp_path / f"{frames}.json")
+        assert code == 0, err
+        moved = json.loads((tmp_path / f"{frames}.json").read_text())["clips"][0]["expert"]
+        assert moved["offset"] - best["expert"]["offset"] == -frames
+        assert abs(moved["av_offset_ms"] - best["expert"]["av_offset_ms"] + 40 * frames) <= 12.5 + 1e-6
+
+
+def test_filelist_prints_a_table_with_means(split, judged, capsys):
+    clips = (split / "filelists" / "test.txt").read_text().split()
+    out = judged["matched"]["printed"]
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["clip", "s"] and [row.split()[0] for row in lines[2:6]] == clips
+    assert lines[6].startswith("mean") and "over 4 clips" in out and "wrote" in lines[-1]
+    assert [c["name"] for c in judged["matched"]["clips"]] == clips and not judged["matched"]["skipped"]
+    code, out, err = run_cli(capsys, "--filelist", split / "filelists" / "test.txt", "--expert", "none",
+                             "--syncnet", "missing.model")
+    one_line_error(code, err, "missing.model")
+
+
+# ---- look ---------------------------------------------------------------------------------------------------
+
+def test_reference_adds_the_look_of_an_unchanged_face(tmp_path, capsys, photo, speech):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "face.png"), photo)
+    video = tmp_path / "same.mp4"
+    with Mp4Writer(video, 25, crf=0) as writer:
+        for _ in range(30):
+            writer.write_video(photo)
+        writer.write_audio(load_audio(speech)[: int(1.2 * SAMPLE_RATE)])
+    code, out, err = run_cli(capsys, video, "--reference", tmp_path / "face.png", "--json", tmp_path / "l.json")
+    assert code == 0, err
+    look = json.loads((tmp_path / "l.json").read_text())["clips"][0]["look"]
+    assert look["ssim"] > 0.95 and 0.8 < look["sharpness"] < 1.2 and look["frames_without_face"] == 0
+    assert "look vs face.png" in out
+
+
+# ---- bad input --------------------------------------------------------------------------------------------------
+
+def _video(path: Path, frames: list, wav) -> Path:
+    with Mp4Writer(path, 25, audio=wav is not None) as writer:
+        for frame in frames:
+            writer.write_video(frame)
+        if wav is not None:
+            writer.write_audio(wav)
+    return path
+
+
+def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, photo, speech, silent_video, generator_checkpoint):
+    wav = load_audio(speech)
+    faceless = _video(tmp_path / "wall.mp4", [np.full((120, 160, 3), 90, np.uint8)] * 20, wav[: 20 * SPF])
+    hush = _video(tmp_path / "hush.mp4", face_frames(photo, 20, blank=()), np.zeros(20 * SPF, np.float32))
+    short = _video(tmp_path / "short.mp4", face_frames(photo, 5, blank=()), wav[: 5 * SPF])
+    cases = [
+        ((faceless, "--json", tmp_path / "x.json"), ("no face",)),
+        ((hush,), ("silent",)),
+        ((short,), ("too short", "6 frames")),
+        ((silent_video,), ("no audio stream", "--audio")),
+        ((tmp_path / "absent.mp4",), ("no such file",)),
+        ((short, "--syncnet", generator_checkpoint), ("not a SyncNet v2 weights file",)),
+        ((short, "--expert", generator_checkpoint), ("generator",)),
+        ((short, "--expert", "none"), ("nothing to judge",)),
+        (("--filelist", tmp_path / "none.txt"), ("filelist not found",)),
+        ((short, "--json", tmp_path), ("is a folder",)),
+    ]
+    for argv, words in cases:
+        code, out, err = run_cli(capsys, *argv)
+        one_line_error(code, err, *words)
+        assert out == ""
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*"))
+
+
+def test_help_teaches_the_numbers(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    for words in ("LSE-D", "LSE-C", "syncnet_v2.model", "audio leads", "--filelist", "--reference", "6.386"):
+        assert words in text
