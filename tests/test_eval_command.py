@@ -258,3 +258,17 @@ def test_help_teaches_the_numbers(capsys):
     text = capsys.readouterr().out
     for words in ("LSE-D", "LSE-C", "syncnet_v2.model", "audio leads", "--filelist", "--reference", "6.386"):
         assert words in text
+
+
+def test_eval_split_scores_ground_truth_and_generated_videos(split, generator_checkpoint, tmp_path):
+    """train/eval_split.py (the training report's video sync scores): generation by infer, judged by eval."""
+    from train import eval_split
+
+    doc = eval_split.run(str(split), "test", str(generator_checkpoint), clips=2,
+                         conditions=("ground_truth", "generated_dubbed"), progress=False)
+    for condition in ("ground_truth", "generated_dubbed"):
+        body = doc["conditions"][condition]
+        assert body["summary"]["clips"] == 2 and not body["skipped"]
+        assert "mdist" not in body["per_clip"][0]["expert"] and body["per_clip"][0]["crop"] == "none"
+    table = eval_split.table(doc).splitlines()
+    assert table[0].startswith("| condition | judge") and len(table) == 4 and "| generated_dubbed |" in table[3]
