@@ -72,18 +72,23 @@ class BrightnessSyncNet(torch.nn.Module):
         return self._unit(x[:, 0, 0, :].reshape(len(x), 5, 4).mean(dim=2))
 
 
+def bright_frames(photo, wav: np.ndarray, fps: int) -> list:
+    """Face frames at ``fps`` whose brightness falls with the loudness of each frame's own audio."""
+    spf = SAMPLE_RATE / fps
+    n = len(wav) * fps // SAMPLE_RATE
+    level = np.array([10 * np.log10(np.mean(wav[int(i * spf):int((i + 1) * spf)] ** 2) + 1e-8) for i in range(n)])
+    gains = 1 - 0.5 * np.clip((level + 60) / 50, 0, 1)
+    return [(frame * g).astype(np.uint8) for frame, g in zip(face_frames(photo, n, blank=()), gains)]
+
+
 @pytest.fixture(scope="module")
 def bright_talk(tmp_path_factory, photo) -> tuple[Path, np.ndarray]:
     """3 s of the face whose picture darkens with the loudness of each frame's own audio."""
-    root = tmp_path_factory.mktemp("bright")
     wav = load_audio(EXAMPLE_SPEECH)[: 3 * SAMPLE_RATE]
-    n = len(wav) // SPF
-    level = np.array([10 * np.log10(np.mean(wav[i * SPF:(i + 1) * SPF] ** 2) + 1e-8) for i in range(n)])
-    loud = np.clip((level + 60) / 50, 0, 1)
-    path = root / "bright.mp4"
+    path = tmp_path_factory.mktemp("bright") / "bright.mp4"
     with Mp4Writer(path, 25) as writer:
-        for frame, gain in zip(face_frames(photo, n, blank=()), 1 - 0.5 * loud):
-            writer.write_video((frame * gain).astype(np.uint8))
+        for frame in bright_frames(photo, wav, 25):
+            writer.write_video(frame)
         writer.write_audio(wav)
     return path, wav
 
@@ -106,6 +111,46 @@ def test_a_video_with_its_own_soundtrack_is_judged_in_sync_by_the_track_crop(bri
     assert result["crop"] == "track" and result["frames_without_face"] == 0 and result["frames"] == 75
     assert result["windows"] == 70 and result["syncnet"]["offset"] == 0
     assert result["syncnet"]["offsync_acc"] > 0.2       # chance: 1 in 31
+
+
+def test_other_frame_rates_are_judged_at_25_fps(bright_talk, tmp_path, photo):
+    _, wav = bright_talk
+    path = tmp_path / "talk30.mp4"
+    with Mp4Writer(path, 30) as writer:
+        for frame in bright_frames(photo, wav, 30):
+            writer.write_video(frame)
+        writer.write_audio(wav)
+    judges = Judges([SyncNetJudge(BrightnessSyncNet(), "stand-in", torch.device("cpu"))])
+    result = evaluate_clip(open_clip(path), judges)
+    assert result["source_fps"] == 30 and result["frames"] == 75 and result["syncnet"]["offset"] == 0
+
+
+def test_a_soundtrack_that_starts_late_is_placed_where_a_player_plays_it(bright_talk, tmp_path, photo):
+    """The audio stream's first timestamp is 120 ms after the video's: the judged offset is -3 frames."""
+    import av
+
+    _, wav = bright_talk
+    path = tmp_path / "late.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 320, 288, "yuv420p"
+        audio = container.add_stream("aac", rate=SAMPLE_RATE)
+        audio.layout = "mono"
+        for i, image in enumerate(bright_frames(photo, wav, 25)):
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        pcm = (wav * 32767).astype(np.int16)[None]
+        for start in range(0, pcm.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(pcm[:, start:start + 1024], format="s16", layout="mono")
+            frame.sample_rate, frame.pts = SAMPLE_RATE, 3 * SPF + start
+            container.mux(audio.encode(frame))
+        container.mux(video.encode())
+        container.mux(audio.encode())
+    judges = Judges([SyncNetJudge(BrightnessSyncNet(), "stand-in", torch.device("cpu"))])
+    result = evaluate_clip(open_clip(path), judges)
+    assert result["audio_shift_ms"] > 0 and result["syncnet"]["offset"] == -3
+    assert abs(result["syncnet"]["av_offset_ms"] + 120) <= 20
 
 
 def test_seeded_syncnet_v2_runs_through_the_command(tmp_path, capsys, photo, speech):
