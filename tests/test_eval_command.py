@@ -244,6 +244,23 @@ def test_filelist_prints_a_table_with_means(split, judged, capsys):
     one_line_error(code, err, "missing.model")
 
 
+def test_filelist_takes_lrs2_videos_and_skips_a_missing_entry_in_one_line(bright_talk, tmp_path, capsys):
+    """An LRS2-layout list of generated videos: ``<set>/<clip>`` is ``<root>/<set>/<clip>.mp4``; an entry
+    that is not there is skipped with its reason, the rest is judged."""
+    path, _ = bright_talk
+    (tmp_path / "results" / "5535").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "results" / "5535" / "00001.mp4")
+    filelist = tmp_path / "list.txt"
+    filelist.write_text("# generated\n5535/00001 extra tokens\n\n5535/00002\n")
+    code, out, err = run_cli(capsys, "--filelist", filelist, "--data_root", tmp_path / "results",
+                             "--json", tmp_path / "l.json")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "l.json").read_text())
+    assert [c["name"] for c in doc["clips"]] == ["5535/00001"] and doc["clips"][0]["crop"] == "none"
+    assert doc["skipped"] == [{"name": "5535/00002", "reason": doc["skipped"][0]["reason"]}]
+    assert "00002.mp4" in doc["skipped"][0]["reason"] and "skipped 1 clip(s)" in out
+
+
 # ---- look ---------------------------------------------------------------------------------------------------
 
 def test_reference_adds_the_look_of_an_unchanged_face(tmp_path, capsys, photo, speech):
@@ -301,7 +318,8 @@ def test_help_teaches_the_numbers(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = capsys.readouterr().out
-    for words in ("LSE-D", "LSE-C", "syncnet_v2.model", "audio leads", "--filelist", "--reference", "6.386"):
+    for words in ("LSE-D", "LSE-C", "syncnet_v2.model", "audio leads", "--filelist", "--reference", "6.386",
+                  "--mismatch measures that floor", "exit 1"):
         assert words in text
 
 
@@ -317,3 +335,34 @@ def test_eval_split_scores_ground_truth_and_generated_videos(split, generator_ch
         assert "mdist" not in body["per_clip"][0]["expert"] and body["per_clip"][0]["crop"] == "none"
     table = eval_split.table(doc).splitlines()
     assert table[0].startswith("| condition | judge") and len(table) == 4 and "| generated_dubbed |" in table[3]
+    from lipsync_rt.engine.artifact import file_sha256
+
+    assert doc["models"]["generator"] == {"file": "generator.pth", "bundled": False,
+                                          "sha256": file_sha256(generator_checkpoint)}
+    assert doc["models"]["expert"]["bundled"] and doc["machine"]["seconds"] > 0
+
+
+def test_eval_split_record_rewrites_only_the_marked_block(tmp_path):
+    """``--record``: a re-run replaces the figures between the markers and keeps every word around them."""
+    from train import eval_split
+
+    def doc(lse_d: float) -> dict:
+        m = {"lse_d": lse_d, "lse_c": 0.5, "offset_zero": 1.0, "mean_abs_offset": 0.0, "av_offset_ms_median": -12.5,
+             "offsync_acc": 0.25, "p_sync": 0.4}
+        return {"data_root": "data/synth2", "split": "test", "clips": 3, "judges": {"expert": "e.pth"},
+                "models": {"generator": {"file": "g.pth", "bundled": True, "sha256": "ab" * 32}},
+                "machine": {"date_utc": "2026-11-30 10:00", "device": "cpu", "torch": "2", "seconds": 120.0},
+                "conditions": {"ground_truth": {"summary": {"clips": 3, "expert": m}, "skipped": []}}}
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nintro\n")
+    eval_split.record(results, doc(0.7), "python train/eval_split.py --data_root data/synth2")
+    first = results.read_text()
+    assert first.startswith("# Results\n\nintro\n\n## Sync scores") and first.count(eval_split.BEGIN) == 1
+    assert "| ground_truth | e.pth | 3 | 0.700 | 0.500 | 100% | 0.00 | -12.5 ms | 25% | 0.40 |" in first
+    assert "bundled `g.pth`, sha256 `abababababababab`" in first and "2 min" in first
+    results.write_text(first.replace("intro", "intro, edited") + "\nnotes after the block\n")
+    eval_split.record(results, doc(0.9), "python train/eval_split.py --data_root data/synth2")
+    second = results.read_text()
+    assert "| 0.900 |" in second and "| 0.700 |" not in second and second.count(eval_split.END) == 1
+    assert "intro, edited" in second and second.endswith("notes after the block\n")

@@ -28,6 +28,11 @@ averaged over time, LSE-D the minimum, LSE-C the median minus the minimum):
          with SyncNet's, only with themselves; it also reports P(sync), its mean probability that
          the audio at offset 0 matches the mouth
 
+Reading them: a video in sync has offset 0 (+-1 at most) and an LSE-C clearly above what the same
+judge gives speech that does not belong to the face (--mismatch measures that floor over a list).
+LSE-D alone says little across faces and judges: compare figures of one judge, on the same kind of
+video, with ground truth judged the same way.
+
 Face crops: 'track' finds the face in every frame and cuts SyncNet's crop by syncnet_python's
 face-track rule (and the expert's by the raw face box); 'none' treats each frame as a face crop
 already (LRS2 videos and preprocessed clip folders, as calculate_scores_LRS.py does). 'auto' (the
@@ -50,6 +55,7 @@ examples:
 
 Offsets use SyncNet's sign: +2 means the sound is 80 ms early; delay the audio by that much to fix it.
 Errors (no face, silent audio, a clip under 6 frames, a wrong weights file) are one line and exit 1.
+The bundled model's and ground truth's scores on the synthetic test split: benchmarks/RESULTS.md.
 """
 
 
