@@ -314,6 +314,16 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, photo, speech, silen
     assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*"))
 
 
+def test_judging_leaves_torch_grad_mode_alone(bright_talk):
+    """A training script that reports eval scores (report_default.py) must still be able to train after."""
+    from lipsync_rt.evaluation.run import load_judges
+
+    assert torch.is_grad_enabled()
+    judges = load_judges(None, None, "cpu")
+    evaluate_clip(open_clip(bright_talk[0]), judges)
+    assert torch.is_grad_enabled()
+
+
 def test_help_teaches_the_numbers(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])

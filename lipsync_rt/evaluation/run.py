@@ -43,10 +43,9 @@ def load_judges(expert: Optional[str], syncnet: Optional[str], device: str = "au
                 vshift: int = VSHIFT) -> Judges:
     """``expert``: a checkpoint path, None for the bundled expert, or "none"; ``syncnet``: a path or None.
 
-    Wrong files fail here, in a second, before any video is decoded.
+    Wrong files fail here, in a second, before any video is decoded. Torch's grad mode is left alone
+    (the judges embed under ``no_grad``), so a training script that evaluates can go on training.
     """
-    import torch
-
     from ..default_model import DEFAULT_EXPERT
     from ..engine.torch_engine import resolve_device
     from ..models import load_checkpoint
@@ -54,7 +53,6 @@ def load_judges(expert: Optional[str], syncnet: Optional[str], device: str = "au
     from .judges import ExpertJudge, SyncNetJudge
 
     dev = resolve_device(device)
-    torch.set_grad_enabled(False)
     judges = Judges(vshift=int(vshift))
     if syncnet:
         model = load_syncnet_v2(syncnet).to(dev)
