@@ -23,6 +23,7 @@ COMMANDS = (
     ("build-engine", "lipsync_rt.commands.build_engine", "build an ONNX, int8 or TensorRT engine from a checkpoint"),
     ("demo", "lipsync_rt.commands.demo", "live lip sync: webcam or avatar + microphone (or a file) to a virtual camera"),
     ("serve", "lipsync_rt.commands.serve", "WebRTC server and browser page: camera or avatar mode"),
+    ("eval", "lipsync_rt.commands.evaluate", "lip-sync scores of a video or a list: LSE-D, LSE-C, A/V offset, look"),
 )
 BENCHMARKS = (
     ("engine", "lipsync_rt.bench.engine", "frames/s and latency per engine and batch size, against eager PyTorch"),

@@ -10,6 +10,9 @@
 - Sync and reconstruction (``eval_sync.py``) on the test split (the held-out person): expert loss and
   off-sync detection, the generator's L1 against copying the reference frame, the expert's sync loss
   of generated frames and of ground truth.
+- Sync scores of whole videos (``eval_split.py``, i.e. ``lipsync-rt eval``) on the test split: LSE-D,
+  LSE-C, offsets and off-sync accuracy by the expert (and SyncNet v2 with ``--syncnet``) for ground
+  truth, mismatched audio, and the generator's videos with their own and with another clip's audio.
 - Sample grids: reference / generated / target rows for each person.
 
 Writes ``<out>/default_report.json``, ``<out>/samples_<person>.png`` and ``<out>/demo_<person>.png``.
@@ -36,7 +39,7 @@ from lipsync_rt.atomic import write_json_atomic
 from lipsync_rt.infer import InferOptions, run_inference
 from lipsync_rt.media import iter_video_frames
 from lipsync_rt.models import load_checkpoint
-from train import common, eval_look, eval_sync
+from train import common, eval_look, eval_split, eval_sync
 from train.corpus.build import NASA_PHOTO, _matplotlib_photo
 from train.dataset import Corpus, GeneratorDataset
 
@@ -93,6 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--expert", required=True)
     p.add_argument("--out", default="train/results")
     p.add_argument("--samples", type=int, default=512, help="test-split samples for the losses")
+    p.add_argument("--eval_clips", type=int, default=0, help="test clips for the video sync scores (0: all)")
+    p.add_argument("--syncnet", help="syncnet_v2.model: add the papers' LSE-D / LSE-C to the video sync scores")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,6 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                            "--offsync_windows", "256", "--num_workers", "0"])
     t = report["test_split"]
     report["test_split"]["l1_ratio"] = t["generator_l1"] / t["generator_l1_copy_ref"]
+    videos = eval_split.run(args.data_root, "test", args.generator, args.expert, args.syncnet, args.eval_clips)
+    report["video_sync"] = {c: body["summary"] for c, body in videos["conditions"].items()}
+    report["video_sync_table"] = eval_split.table(videos)
     grid(args.generator, args.data_root, "train", "nasa", out / "samples_example_face.png")
     if "held_out" in report["look"]:
         grid(args.generator, args.data_root, "test", "hopper", out / "samples_held_out.png")
