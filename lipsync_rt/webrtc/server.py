@@ -22,6 +22,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from ..errors import LipSyncError
+from .heap import HeapTrimmer
 from .limits import MAX_BODY_BYTES, MODES, HTTPRefusal, OfferRequest, check_size, check_token, load_json, parse_offer
 from .metrics import CONTENT_TYPE, ServerMetrics, render
 from .peer import Peer
@@ -98,6 +99,7 @@ class LipSyncServer:
             self._owns_batcher = True
         self._session_config = session_config
         self._session_factory = session_factory or self._default_session
+        self.heap = HeapTrimmer()
 
     def _default_session(self, engine: "MicroBatcher", avatar: Optional["Avatar"]) -> "LipSyncSession":
         from ..pipeline import LipSyncSession, SessionConfig
@@ -198,6 +200,7 @@ class LipSyncServer:
 
     def _forget(self, peer: Peer) -> None:
         self.peers.pop(peer.id, None)
+        self.heap.soon()      # the session's memory is free now: hand it back to the system
 
     async def close_session(self, request: web.Request) -> web.Response:
         try:
@@ -241,6 +244,7 @@ class LipSyncServer:
         """Close every peer, then the batcher if it is ours. Idempotent."""
         await asyncio.gather(*(peer.close("server shutting down") for peer in list(self.peers.values())),
                              return_exceptions=True)
+        await self.heap.close()
         if self._owns_batcher:
             await self.batcher.close()
 
