@@ -249,4 +249,6 @@ def test_audio_comes_back_at_the_level_it_was_sent(engine, avatar):
 
     received = asyncio.run(run())
     assert received.audio_frames >= 40
-    assert received.audio_peak == pytest.approx(0.5, rel=0.12)      # was about 0.25
+    # At its level: not 6 dB down (it was about 0.25). Opus rings a little over a tone's edges (where a
+    # starved machine had to fill in silence), so the peak may come out somewhat above 0.5.
+    assert 0.44 <= received.audio_peak <= 0.7
