@@ -7,7 +7,7 @@ of a new session is given an arena of its own (glibc makes up to eight per core)
 held (measured in benchmarks/RESULTS.md, "A server that runs for weeks"). Two things keep it flat:
 ``limit_arenas`` (called once by ``lipsync-rt serve``, before the engine) caps the arenas at one per
 core, at least two, and ``HeapTrimmer`` returns the free pages with ``malloc_trim``, which walks every
-arena, so it runs in a worker thread, once, a moment after the last of a burst of sessions has ended.
+arena, so it runs in a worker thread, a second after a session ends, once for a burst of them.
 Elsewhere than glibc both do nothing.
 """
 
@@ -47,7 +47,9 @@ def limit_arenas(count: Optional[int] = None) -> bool:
 
 
 class HeapTrimmer:
-    """``soon()`` after a session ends; the trim runs ``delay`` seconds after the last call."""
+    """``soon()`` after a session ends; the trim runs ``delay`` seconds after the first call not yet
+    served, so a burst of sessions ending makes one trim, and a server whose sessions end more often
+    than every ``delay`` seconds still trims once per ``delay``."""
 
     def __init__(self, delay: float = 1.0, trim: Optional[Callable[[int], int]] = _MALLOC_TRIM) -> None:
         self.delay = delay
@@ -58,10 +60,8 @@ class HeapTrimmer:
 
     def soon(self) -> None:
         """Ask for a trim (from the event loop); calls within ``delay`` of each other make one."""
-        if self._trim is None:
+        if self._trim is None or self._timer is not None:
             return
-        if self._timer is not None:
-            self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(self.delay, self._start)
 
     def _start(self) -> None:
