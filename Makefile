@@ -41,9 +41,13 @@ test: install
 bench: install
 	$(BIN)/lipsync-rt bench engine --json benchmarks/engine_cpu.json --plot benchmarks/engine_cpu.png
 	$(BIN)/lipsync-rt bench pipeline --engine torch --json benchmarks/pipeline_cpu.json --plot benchmarks/pipeline_cpu.png
+	$(BIN)/lipsync-rt bench pipeline --engine int8 --face examples/face.jpg --push-ms 20 --push-rate 24000 --seconds 180 --json benchmarks/pipeline_cpu_avatar_tts.json --plot benchmarks/pipeline_cpu_avatar_tts.png
 	$(BIN)/lipsync-rt bench pipeline --interrupt --engine torch --seconds 180 --json benchmarks/interrupt_cpu.json --plot benchmarks/interrupt_cpu.png
 	$(BIN)/lipsync-rt bench webrtc --engine torch --json benchmarks/webrtc_cpu.json --plot benchmarks/webrtc_cpu.png
 	$(BIN)/python benchmarks/bench_infer.py --json benchmarks/infer_auto_cpu.json
+	$(BIN)/python benchmarks/bench_server_memory.py --sessions 300 --warm-up 40 --json benchmarks/server_memory_cpu.json
+	$(BIN)/python benchmarks/bench_server_memory.py --sessions 300 --warm-up 40 --arenas glibc --json benchmarks/server_memory_cpu_glibc_arenas.json
+	$(BIN)/python benchmarks/bench_mel_threads.py --json benchmarks/mel_threads_cpu.json
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

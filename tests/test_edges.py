@@ -205,6 +205,24 @@ def test_an_engine_folder_that_cannot_be_used_is_one_line(tmp_path, capsys):
         assert "\n" not in err and "cannot write an engine into" in err
 
 
+def test_a_read_only_engine_folder_is_one_line(tmp_path, generator_checkpoint, monkeypatch):
+    """As root a folder cannot be made read-only; the build's first write into it is refused instead."""
+    import tempfile
+
+    from lipsync_rt.engine.artifact import build_engine
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == tmp_path:
+            raise PermissionError(13, "Permission denied", str(tmp_path))
+        return real(*args, dir=dir, **kwargs)
+
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(LipSyncError) as info:
+        build_engine(str(generator_checkpoint), "onnx", tmp_path)
+    assert "\n" not in str(info.value) and "Permission denied" in str(info.value)
+
+
 BAD_METADATA = [
     ("not an object", lambda m: [1, 2]),
     ("files is a list", lambda m: {**m, "files": [1]}),

@@ -160,12 +160,19 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
     push_rate = getattr(args, "push_rate", 16000)
     source = FileSource(clip, realtime=True, seconds=args.seconds, loop=True, video=avatar is None,
                         chunk_ms=getattr(args, "push_ms", 10.0), source_audio=push_rate != 16000)
+    first = None
+    if avatar is None:
+        from lipsync_rt.media import iter_video_frames
+
+        frames = iter_video_frames(clip)
+        first = next(frames, None)
+        frames.close()                     # the file is not read on: close it now
+    faces = LowerFaces(avatar, first.image if first is not None else None)
     await session.start()                  # setup (imports, warm-up) is not the steady state
     probe = LoopLagProbe().start()
     t0 = session.clock.t0
     cpu0, wall0 = _cpu(), time.monotonic()
     video, audio = [], []
-    faces = LowerFaces(avatar)
 
     async def take_video():
         async for f in session.video():
@@ -239,33 +246,34 @@ class LowerFaces:
     """The lower half of the face box of every output frame, small and grey, for the flicker figures.
 
     The box is the avatar's own for its frame (loop order), or, in camera mode, the one the face
-    detector finds in the first frame, widened by the clip's drift.
+    detector finds in ``first_frame`` (the clip's), widened by the clip's drift. The detection runs
+    here, before the session starts: at the first output frame it would stall the event loop the
+    measured session runs on (tens of ms), and show up as an A/V offset at the sinks.
     """
 
     SIZE = 48
 
-    def __init__(self, avatar) -> None:
+    def __init__(self, avatar, first_frame: Optional[np.ndarray] = None) -> None:
         self.avatar = avatar
         self.crops: list[np.ndarray] = []
         self.dropped: list[bool] = []
         self.held: list[bool] = []
         self._box = None
+        if avatar is None and first_frame is not None:
+            from lipsync_rt.face import FaceDetector
+
+            with FaceDetector() as detector:
+                found = detector.detect(first_frame)
+            if found is not None:
+                x1, y1, x2, y2 = found.box
+                h, w = first_frame.shape[:2]
+                self._box = (max(0, x1 - 12), max(0, y1 - 12), min(w, x2 + 12), min(h, y2 + 12))
 
     def _box_for(self, frame) -> Optional[tuple[int, int, int, int]]:
         if self.avatar is not None:
             j = frame.pts % len(self.avatar)
             return tuple(int(v) for v in self.avatar.faces.boxes[j % len(self.avatar.faces)]) \
                 if self.avatar.rows[j] >= 0 else None
-        if self._box is None:
-            from lipsync_rt.face import FaceDetector
-
-            with FaceDetector() as detector:
-                found = detector.detect(frame.image)
-            if found is None:
-                return None
-            x1, y1, x2, y2 = found.box
-            h, w = frame.image.shape[:2]
-            self._box = (max(0, x1 - 12), max(0, y1 - 12), min(w, x2 + 12), min(h, y2 + 12))
         return self._box
 
     def add(self, frame) -> None:

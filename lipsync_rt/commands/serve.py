@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import LipSyncError
     from ..media import check_folder
     from ..webrtc import ServerConfig, default_avatar_specs, parse_avatar_specs, parse_idle_specs
+    from ..webrtc.heap import limit_arenas
     from ..webrtc.server import serve_forever
 
     record = check_folder(args.record, "--record") if args.record else None
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise LipSyncError(f"--fps must be > 0, got {args.fps}")
     if args.overhead_ms is not None and args.overhead_ms < 0:
         raise LipSyncError(f"--overhead-ms must be >= 0, got {args.overhead_ms}")
+    limit_arenas()      # a server that runs for weeks: memory flat over any number of sessions (heap.py)
     engine = create_engine(args.engine, args.checkpoint_path, device=args.device, progress=True)
     asyncio.run(serve_forever(engine, avatars, config, fps=args.fps, blend=args.blend, max_batch=args.max_batch,
                               overhead_ms=args.overhead_ms, idle_paths=idle))

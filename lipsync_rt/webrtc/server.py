@@ -29,6 +29,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from ..errors import LipSyncError
+from .heap import HeapTrimmer
 from .hub import SessionHub
 from .limits import (MAX_BODY_BYTES, MODES, HTTPRefusal, OfferRequest, check_size, check_token, load_json, parse_offer,
                      parse_push)
@@ -117,6 +118,7 @@ class LipSyncServer:
             self._owns_batcher = True
         self._session_config = session_config
         self._session_factory = session_factory or self._default_session
+        self.heap = HeapTrimmer()
 
     def _default_session(self, engine: "MicroBatcher", avatar: Optional["Avatar"]) -> "LipSyncSession":
         from ..pipeline import LipSyncSession, SessionConfig
@@ -277,6 +279,7 @@ class LipSyncServer:
             push = self.pushes.get(peer.hub.id)
             if push is not None:
                 push.viewers.pop(peer.id, None)
+        self.heap.soon()      # the session's memory is free now: hand it back to the system
 
     # -- the audio-push API
     async def create_push(self, request: web.Request) -> web.Response:
@@ -312,6 +315,7 @@ class LipSyncServer:
             return
         await push.close(reason)
         self.metrics.sessions_ended += 1
+        self.heap.soon()
 
     def _push_from(self, request: web.Request) -> PushSession:
         self._authorize(request)
@@ -419,6 +423,7 @@ class LipSyncServer:
         await asyncio.gather(*(peer.close("server shutting down") for peer in list(self.peers.values())),
                              *(self._end_push(push, "the server is shutting down") for push in list(self.pushes.values())),
                              return_exceptions=True)
+        await self.heap.close()
         if self._owns_batcher:
             await self.batcher.close()
 

@@ -12,11 +12,12 @@ real time, WebRTC's 20 ms frames), and only when that has passed by more than ``
 it overdue; then the timeline is filled with silence up to what the clock says is due (less the grace),
 checked every ``policy.tick`` seconds. Speech that comes after such a pause is placed as captured just
 before it arrived (``policy.resume_point``), so it has the whole grace ahead of it again, as a stream
-that started at T0 does. Samples the resampler still holds back count as arrived (and are let out
-before any silence goes in). A producer slower
-than real time is never overdue by its own pace; the release clock then forces silence in just before
-it would have to play samples that are not there (``policy.fill_point``). ``end_of_segment`` says the
-producer is done: from then on the timeline is filled as soon as the grace has passed.
+that started at T0 does; speech that comes late without a pause having been seen is contiguous (see
+:class:`Tick`). Samples the resampler still holds back count as arrived (and are let out before any
+silence goes in). A producer slower than real time is never overdue by its own pace; the release
+clock then forces silence in just before it would have to play samples that are not there
+(``policy.fill_point``). ``end_of_segment`` says the producer is done: from then on the timeline is
+filled as soon as the grace has passed.
 
 Segments: each push names its segment (or none); the stage tells the ledger where the segment's
 samples land, and closes a segment (its resampler flushed, so its last samples are written) at its
