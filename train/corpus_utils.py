@@ -1,6 +1,6 @@
 """Pieces both corpus writers share: the LRS2 preprocessed layout and writing it safely.
 
-The layout is what the reference training scripts read (facts §8)::
+The layout is what the reference training scripts read (docs/architecture.md, "Models and training")::
 
     <root>/<set_id>/<clip_id>/<frame_index>.jpg   face crops, frame indices from 0 at 25 fps (gaps allowed)
     <root>/<set_id>/<clip_id>/audio.wav           the clip's audio (here: 16 kHz mono s16)

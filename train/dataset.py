@@ -4,7 +4,8 @@ Layout: ``<root>/<set>/<clip>/<frame_index>.jpg`` (face crops of any size) and `
 ``<filelists>/{train,val,test}.txt`` list ``<set>/<clip>`` (first whitespace token of each line).
 Frame numbering may have gaps where the face detector found nothing.
 
-The samples are the reference's (wav2lip-facts.md §6, §8); where this file differs, it is for a reason:
+The samples are the reference's (docs/architecture.md, "Models and training"); where this file differs,
+it is for a reason:
 
 - A sample is a pure function of ``(seed, idx)``. Runs are reproducible whatever the number of loader
   workers or DDP ranks, an eval set is fixed by its seed, and a resumed run draws fresh samples instead
@@ -55,7 +56,7 @@ SKIP_KINDS = ("gap", "unreadable", "audio_range", "bad_audio")
 
 
 # ----------------------------------------------------------------------------------------------
-# Frame <-> mel alignment (facts §6). Everything that indexes the mel goes through these functions.
+# Frame <-> mel alignment (docs/architecture.md, "Timing"). Everything that indexes the mel goes through these functions.
 
 
 def mel_start(frame: int) -> int:
@@ -309,7 +310,8 @@ class SyncDataset(_Samples):
 
 
 class GeneratorDataset(_Samples):
-    """Generator samples (facts §8): masked GT window + reference window, GT, per-frame mels, sync mel.
+    """Generator samples (docs/architecture.md, "Models and training"): masked GT window + reference
+    window, GT, per-frame mels, sync mel.
 
     ``x`` is ``6 x T x 96 x 96`` (channels 0-2 the GT frames with rows 48.. zeroed, 3-5 the reference
     window: T frames from another start of the same clip, unmasked); ``indiv_mels`` ``T x 1 x 80 x 16``

@@ -4,7 +4,7 @@ Input (LRS2's ``main`` folder, or anything shaped like it)::
 
     <data_root>/<set_id>/<clip_id>.mp4
 
-Output, as the reference ``preprocess.py`` writes it (facts §8)::
+Output, as the reference ``preprocess.py`` writes it (docs/architecture.md, "Models and training")::
 
     <preprocessed_root>/<set_id>/<clip_id>/<i>.jpg    the raw face box of frame i: no pads, no smoothing,
                                                       no resizing (the loaders resize to 96x96)
@@ -20,7 +20,7 @@ inference uses), not S3FD, so no detector weights are needed. Audio is decoded w
 loaders need not resample it.
 
 Skipped, with the reason, and never a crash: unreadable or damaged files, no video or audio stream,
-a frame rate other than 25 fps (training maps frames to mel windows at 25 fps, facts §6), and videos in
+a frame rate other than 25 fps (training maps frames to mel windows at 25 fps, docs/architecture.md, "Timing"), and videos in
 which no face was found. File lists are not written: LRS2 ships its own ``train/val/test.txt``; put them
 in ``<preprocessed_root>/filelists/``.
 

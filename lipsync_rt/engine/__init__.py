@@ -1,4 +1,4 @@
-"""Inference engines: one protocol, several backends (see design.md, Engines).
+"""Inference engines: one protocol, several backends (see docs/architecture.md, "Engines").
 
 Importing this package loads no deep-learning runtime: the protocols, the engine kinds and
 ``DEFAULT_ENGINE`` are plain Python, so the command-line parser can name them for free. The backends

@@ -155,6 +155,11 @@ class LipSyncServer:
             "max_sessions": self.config.max_sessions,
         }, headers={"Cache-Control": "no-store"})
 
+    def _refused(self, refusal: HTTPRefusal) -> web.Response:
+        """Every refused request is counted by kind (for /metrics) and answered with its one-line reason."""
+        self.metrics.rejected[refusal.kind] += 1
+        return _json_error(refusal.status, refusal.reason)
+
     def _authorize(self, request: web.Request) -> None:
         check_token(self.config.token, request.headers.get("Authorization"), request.query.get("token"))
 
@@ -179,20 +184,17 @@ class LipSyncServer:
             else:
                 self._check_capacity()
         except HTTPRefusal as refusal:
-            self.metrics.rejected[refusal.kind] += 1
-            return _json_error(refusal.status, refusal.reason)
+            return self._refused(refusal)
         if offer.session is not None:
             try:
                 return await self._answer_viewer(offer, push)
             except HTTPRefusal as refusal:
-                self.metrics.rejected[refusal.kind] += 1
-                return _json_error(refusal.status, refusal.reason)
+                return self._refused(refusal)
         self._reserved += 1  # held across the awaits below, so concurrent offers cannot overshoot
         try:
             return await self._answer(offer)
         except HTTPRefusal as refusal:
-            self.metrics.rejected[refusal.kind] += 1
-            return _json_error(refusal.status, refusal.reason)
+            return self._refused(refusal)
         finally:
             self._reserved -= 1
 
@@ -290,8 +292,7 @@ class LipSyncServer:
             wanted = parse_push(body, tuple(self.avatars), next(iter(self.avatars), None))
             self._check_capacity()
         except HTTPRefusal as refusal:
-            self.metrics.rejected[refusal.kind] += 1
-            return _json_error(refusal.status, refusal.reason)
+            return self._refused(refusal)
         self._reserved += 1
         try:
             hub = await self._new_hub(wanted.avatar, wanted.rtmp)
@@ -329,8 +330,7 @@ class LipSyncServer:
                 raise HTTPRefusal(409, "another client is already sending audio to this session; one at a time",
                                   "busy")
         except HTTPRefusal as refusal:
-            self.metrics.rejected[refusal.kind] += 1
-            return _json_error(refusal.status, refusal.reason)
+            return self._refused(refusal)
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message, heartbeat=30.0)
         if not ws.can_prepare(request).ok:
             self.metrics.rejected["bad_request"] += 1
@@ -350,8 +350,7 @@ class LipSyncServer:
         try:
             push = self._push_from(request)
         except HTTPRefusal as refusal:
-            self.metrics.rejected[refusal.kind] += 1
-            return _json_error(refusal.status, refusal.reason)
+            return self._refused(refusal)
         push.interrupt()
         return web.json_response({"interrupted": push.id})
 
@@ -360,8 +359,7 @@ class LipSyncServer:
         try:
             push = self._push_from(request)
         except HTTPRefusal as refusal:
-            self.metrics.rejected[refusal.kind] += 1
-            return _json_error(refusal.status, refusal.reason)
+            return self._refused(refusal)
         await self._end_push(push, "deleted by the client")
         answer: dict = {"closed": push.id}
         hub = push.hub
@@ -383,8 +381,7 @@ class LipSyncServer:
                 raise HTTPRefusal(400, 'the body must be a JSON object: {"session": ID}', "bad_request")
             session_id = data.get("session")
         except HTTPRefusal as refusal:
-            self.metrics.rejected[refusal.kind] += 1
-            return _json_error(refusal.status, refusal.reason)
+            return self._refused(refusal)
         push = self.pushes.get(session_id) if isinstance(session_id, str) else None
         if push is not None:
             await self._end_push(push, "closed by the client")
