@@ -66,6 +66,9 @@ def test_bench_webrtc_runs_a_session_over_loopback(tmp_path):
     assert result["clients"] == "process" and step["client_cpu_cores"] > 0
     assert step["server_cpu_per_session"] == step["cpu_cores"] > 0
     assert {"engine", "event loop"} <= set(step["server_cpu_by_thread"])
+    assert set(step["server_waiting_by_thread"]) <= set(step["server_cpu_by_thread"]) | {"native pools"}
+    assert list(step["reached_ms"]) == ["audio in", "engine start", "engine done", "ready"]
+    assert step["reached_ms"]["ready"]["p99"] == pytest.approx(step["overhead_ms"]["p99"])
     assert (tmp_path / "webrtc_cpu.png").read_bytes()[:8] == PNG
     assert result["machine"]["cores"] >= 1 and "engine" in result
     assert png.read_bytes()[:8] == PNG

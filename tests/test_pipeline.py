@@ -214,6 +214,11 @@ def test_live_session_releases_audio_and_video_together_after_d(engine, avatar, 
     for frame, t in video:
         k = max(0, np.searchsorted(starts, frame.time * SAMPLE_RATE, side="right") - 1)
         assert abs((t - frame.time) - audio_delay[k]) <= period
+    # where the budget D - L went: each step a frame passes is timed from its audio being due, in order
+    reached = session.stats().reached_ms
+    assert list(reached) == ["audio in", "engine start", "engine done", "ready"]
+    p50 = [reached[step]["p50"] for step in reached]
+    assert p50 == sorted(p50) and p50[-1] == session.stats().overhead_ms["p50"] < 120
 
 
 def test_live_drops_video_never_audio_and_keeps_d(engine, avatar, wav):

@@ -8,9 +8,10 @@ import json
 import re
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError
 
 from conftest import EXAMPLE_FACE
 from lipsync_rt.errors import LipSyncError
@@ -299,3 +300,38 @@ def test_freed_memory_is_handed_back_once_after_a_burst_of_sessions_ends():
     if _MALLOC_TRIM is not None:
         assert _MALLOC_TRIM(0) in (0, 1)
         assert limit_arenas()
+
+
+def test_talking_head_vp8_encoder_makes_a_decodable_stream_without_the_denoiser():
+    import cv2
+    from aiortc.codecs import get_decoder
+    from aiortc.codecs.vpx import vp8_depayload
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from lipsync_rt.webrtc.shared_video import SharedVideoEncoder
+    from lipsync_rt.webrtc.vp8 import TalkingHeadVp8Encoder
+
+    shared = SharedVideoEncoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96))
+    encoder = shared._encoder
+    assert isinstance(encoder, TalkingHeadVp8Encoder)
+    decoder = get_decoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96))
+    picture = cv2.resize(cv2.imread(str(EXAMPLE_FACE)), (128, 96), interpolation=cv2.INTER_AREA)
+    decoded = []
+    for i in range(6):
+        picture[40:60, 40:80] = 20 * i                        # a moving "mouth"
+        frame = av.VideoFrame.from_ndarray(picture, format="bgr24")
+        frame.pts, frame.time_base = i * 3600, VIDEO_TIME_BASE
+        payloads, timestamp = encoder.encode(frame, force_keyframe=i in (0, 4))
+        assert timestamp == i * 3600 and payloads
+        decoded += decoder.decode(JitterFrame(b"".join(vp8_depayload(p) for p in payloads), timestamp))
+        assert encoder.codec.options == {}, encoder.codec.options     # libvpx took every option
+    assert len(decoded) == 6 and (decoded[0].width, decoded[0].height) == (128, 96)
+    got = decoded[-1].to_ndarray(format="bgr24").astype(float)
+    assert np.abs(got - picture).mean() < 6                   # a faithful picture
+    first = encoder.codec
+    encoder.target_bitrate = 1_000_000                        # the receiver's estimate moved > 10%: reopened
+    frame = av.VideoFrame.from_ndarray(picture, format="bgr24")
+    frame.pts, frame.time_base = 6 * 3600, VIDEO_TIME_BASE
+    encoder.encode(frame)
+    assert encoder.codec is not first and encoder.codec.bit_rate == 1_000_000

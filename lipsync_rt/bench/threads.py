@@ -5,6 +5,10 @@ blending, aiortc's encoders in the loop's default executor, its decoders), so th
 over a window, read from ``/proc/self/task`` (Linux) and grouped by the Python thread's name, says what
 the time is spent on without a sampling profiler's overhead. Threads that Python did not start (torch's
 and onnxruntime's intra-op pools) are counted together as ``native pools``.
+
+The kernel also says how long each thread was ready to run but waited for a core
+(``/proc/self/task/*/schedstat``): on a machine with more runnable threads than cores, that wait is
+where a frame's latency goes even when the CPU used looks modest.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ GROUPS = (
     ("lipsync-work", "crops + blending"),
     ("lipsync-track", "face tracking"),
     ("asyncio_", "aiortc encode (executor)"),
-    ("decoder_worker", "aiortc decode"),
+    ("decoder", "aiortc decode"),
 )
 
 
@@ -33,8 +37,9 @@ def group(name: Optional[str]) -> str:
     return "other Python threads"
 
 
-def thread_times() -> Optional[dict[int, tuple[str, float]]]:
-    """``{tid: (group, cpu seconds so far)}`` for every thread of this process; None off Linux."""
+def thread_times() -> Optional[dict[int, tuple[str, float, float]]]:
+    """``{tid: (group, cpu seconds so far, seconds waited for a core so far)}`` for every thread of this
+    process (the wait is 0 where the kernel keeps no schedstat); None off Linux."""
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
@@ -48,15 +53,26 @@ def thread_times() -> Optional[dict[int, tuple[str, float]]]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:                    # ended meanwhile
             continue
-        out[int(tid)] = (group(names.get(int(tid))), (int(fields[11]) + int(fields[12])) / ticks)
+        out[int(tid)] = (group(names.get(int(tid))), (int(fields[11]) + int(fields[12])) / ticks, _waited(tid))
     return out
 
 
-def cores_by_group(before: Optional[dict], after: Optional[dict], seconds: float) -> dict[str, float]:
-    """CPU cores used per group between two :func:`thread_times` readings ``seconds`` apart."""
+def _waited(tid: str) -> float:
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cores_by_group(before: Optional[dict], after: Optional[dict], seconds: float, waiting: bool = False
+                   ) -> dict[str, float]:
+    """CPU cores used per group between two :func:`thread_times` readings ``seconds`` apart; with
+    ``waiting``, cores' worth of time the group's threads spent ready to run, waiting for a core."""
     if before is None or after is None or seconds <= 0:
         return {}
+    column = 2 if waiting else 1
     used: Counter = Counter()
-    for tid, (label, cpu) in after.items():
-        used[label] += cpu - before.get(tid, (label, 0.0))[1]
+    for tid, reading in after.items():
+        used[reading[0]] += reading[column] - before.get(tid, (reading[0], 0.0, 0.0))[column]
     return {label: round(value / seconds, 3) for label, value in used.most_common() if value > 0}

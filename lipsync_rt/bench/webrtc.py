@@ -193,7 +193,7 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
     from ..pipeline import SessionConfig
     from ..webrtc import LipSyncServer, ServerConfig
     from ..webrtc.server import listening
-    from lipsync_rt.pipeline.metrics import percentiles
+    from lipsync_rt.pipeline.metrics import MILESTONES, percentiles
 
     from .threads import cores_by_group, thread_times
 
@@ -214,6 +214,8 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
             input0 = server.metrics.input_frames_dropped
             sizes0 = dict(batcher.stats().sizes)
             server.metrics.latencies.clear()
+            for peer in peers:
+                peer.session.metrics.restart_timings()
             cpu0, threads0 = os.times(), thread_times()
             await asyncio.sleep(max(0.0, t1 - time.monotonic()))
             cpu1, threads1 = os.times(), thread_times()
@@ -222,7 +224,11 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
             latency = [1000 * s for s in server.metrics.latencies]
             lookahead = peers[0].session.lookahead * 1000 if peers else float("nan")
             delays = [p.session.delay * 1000 for p in peers]
-            overhead_each = [p.session.stats().overhead_ms["p99"] for p in peers]
+            stats = [p.session.stats() for p in peers]
+            overhead_each = [s.overhead_ms["p99"] for s in stats]
+            reached = {step: {"p50": float(np.mean([s.reached_ms[step]["p50"] for s in stats])),
+                              "p99": max(s.reached_ms[step]["p99"] for s in stats)}
+                       for step in MILESTONES if stats and all(step in s.reached_ms for s in stats)}
             overhead = max(overhead_each, default=float("nan"))
             sizes = {k: v - sizes0.get(k, 0) for k, v in batcher.stats().sizes.items() if v - sizes0.get(k, 0)}
             fps, client_cpu = await clients.finish()
@@ -242,6 +248,8 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
         "cpu_cores": cpu, "server_cpu_per_session": cpu / count, "client_cpu_cores": client_cpu,
         "batch_sizes": {str(k): v for k, v in sorted(sizes.items())},
         "server_cpu_by_thread": cores_by_group(threads0, threads1, t1 - t0),
+        "server_waiting_by_thread": cores_by_group(threads0, threads1, t1 - t0, waiting=True),
+        "reached_ms": reached,
     }
 
 
@@ -278,8 +286,7 @@ def run(args: argparse.Namespace) -> int:
               f"({step['server_cpu_per_session']:.2f} per session) -> {'holds' if step['holds'] else 'FAILS'}",
               flush=True)
         if args.profile:
-            print("       server CPU by thread (cores): " + ", ".join(
-                f"{k} {v:.2f}" for k, v in step["server_cpu_by_thread"].items()), flush=True)
+            _print_profile(step)
         if not step["holds"] and not args.keep_going:
             break
     held = [s["sessions"] for s in steps if s["holds"] and s["overhead_ms"]["p99"] <= 50]
@@ -304,28 +311,62 @@ def _profile_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + "_cpu" + path.suffix)
 
 
+def _print_profile(step: dict) -> None:
+    for key, what in (("server_cpu_by_thread", "server CPU by thread (cores)"),
+                      ("server_waiting_by_thread", "ready but waiting for a core (cores)")):
+        print(f"       {what}: " + ", ".join(f"{k} {v:.2f}" for k, v in step[key].items()), flush=True)
+    if step["reached_ms"]:
+        budget = step["delay_ms"]["min"] - step["lookahead_ms"]
+        print("       ms after the audio was due, p50/p99: " + ", ".join(
+            f"{k} {v['p50']:.0f}/{v['p99']:.0f}" for k, v in step["reached_ms"].items())
+            + f" (budget D - L {budget:.0f})", flush=True)
+
+
 def plot_profile(payload: dict, path: str | os.PathLike) -> Path:
-    """Stacked bars: the server's CPU cores by thread group, per session count."""
+    """Where the time goes, per session count: CPU used by thread group, time those threads waited
+    for a core, and how long after its audio was due a frame reached each step (p99), against D - L."""
     from .common import pyplot, save_figure
 
     steps = payload["steps"]
     labels: list[str] = []
     for step in steps:
-        labels += [k for k in step.get("server_cpu_by_thread", {}) if k not in labels]
+        for key in ("server_cpu_by_thread", "server_waiting_by_thread"):
+            labels += [k for k in step.get(key, {}) if k not in labels]
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     xs = [str(s["sessions"]) for s in steps]
-    bottom = [0.0] * len(steps)
-    for label in labels:
-        values = [s.get("server_cpu_by_thread", {}).get(label, 0.0) for s in steps]
-        ax.bar(xs, values, bottom=bottom, label=label)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    for x, step, top in zip(xs, steps, bottom):
-        ax.annotate(f"{step['fps']['min']:.0f} fps, {step['drops']} drops", (x, top), ha="center", va="bottom",
-                    fontsize=8)
-    ax.set(xlabel="concurrent sessions", ylabel="CPU cores (server process)",
-           title=f"where the server's time goes ({payload['engine']}, {payload['mode']} mode)")
-    ax.legend(fontsize=8)
+    for ax, key, ylabel, title in (
+            (axes[0], "server_cpu_by_thread", "CPU cores (server process)", "CPU used"),
+            (axes[1], "server_waiting_by_thread", "cores' worth of waiting", "ready to run, waiting for a core")):
+        bottom = [0.0] * len(steps)
+        for label in labels:
+            values = [s.get(key, {}).get(label, 0.0) for s in steps]
+            if any(values):
+                ax.bar(xs, values, bottom=bottom, label=label, color=colours[label])
+                bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set(xlabel="concurrent sessions", ylabel=ylabel, title=title)
+    for x, step, top in zip(xs, steps, [sum(s.get("server_cpu_by_thread", {}).values()) for s in steps]):
+        axes[0].annotate(f"{step['fps']['min']:.0f} fps, {step['drops']} drops", (x, top), ha="center",
+                         va="bottom", fontsize=8)
+    axes[0].margins(y=0.15)
+    axes[0].legend(fontsize=7, loc="upper left")
+    ax = axes[2]
+    milestones: list[str] = []
+    for step in steps:
+        milestones += [k for k in step.get("reached_ms", {}) if k not in milestones]
+    for i, name in enumerate(milestones):
+        ax.plot(xs, [s.get("reached_ms", {}).get(name, {}).get("p99", float("nan")) for s in steps], "o-",
+                color=f"C{i}", label=f"{name} (p99)")
+        ax.plot(xs, [s.get("reached_ms", {}).get(name, {}).get("p50", float("nan")) for s in steps], ":",
+                color=f"C{i}")
+    ax.plot(xs, [s["delay_ms"]["min"] - s["lookahead_ms"] for s in steps], "k--", label="budget D - L")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set(xlabel="concurrent sessions", ylabel="ms after the frame's audio was due",
+           title="a frame's path (p99 solid, p50 dotted)")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"where the server's time goes ({payload['engine']}, {payload['mode']} mode, "
+                 f"{payload['machine'].get('cores', '?')} cores)")
     return save_figure(fig, path)
 
 

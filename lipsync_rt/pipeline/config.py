@@ -99,6 +99,9 @@ class SessionStats:
     last generated mouth held (or easing back to the original) instead of the original picture.
     ``silence_cuts``: stretches of silence shorter than 100 ms filled in between two pushes (audio that
     came too late, a click in the output): a producer that keeps real time gets none.
+    ``reached_ms`` (live): per generated frame, how long after its audio was due it reached each step
+    (``audio in``: its mel window was cut, so its audio had arrived; ``engine start``; ``engine done``;
+    ``ready``: pasted, the same figures as ``overhead_ms``); where the budget D - L goes.
     """
 
     frames_out: int
@@ -117,3 +120,4 @@ class SessionStats:
     stage_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     frames_held: int = 0
     silence_cuts: int = 0
+    reached_ms: dict[str, dict[str, float]] = field(default_factory=dict)

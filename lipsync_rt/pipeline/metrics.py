@@ -18,6 +18,8 @@ from .messages import DROPPED, IDLE, NO_FACE, FrameResult
 from .queues import StreamEnd
 
 STAGES = ("track", "prepare", "infer", "blend")
+#: the steps a generated frame reaches, timed from its audio being due (see ``SessionStats.reached_ms``)
+MILESTONES = ("audio in", "engine start", "engine done", "ready")
 _KEEP = 100_000     # most recent figures kept per series
 
 
@@ -41,13 +43,25 @@ class SessionMetrics:
         self.latency_ms: deque[float] = deque(maxlen=_KEEP)
         self.overhead_ms: deque[float] = deque(maxlen=_KEEP)
         self.stage_ms: dict[str, deque[float]] = {k: deque(maxlen=_KEEP) for k in STAGES}
+        self.reached_ms: dict[str, deque[float]] = {k: deque(maxlen=_KEEP) for k in MILESTONES}
+
+    def restart_timings(self) -> None:
+        """Forget the latencies and times so far (a benchmark's warm-up); the counters stay."""
+        for series in (self.latency_ms, self.overhead_ms, *self.stage_ms.values(), *self.reached_ms.values()):
+            series.clear()
 
     def record(self, stage: str, started: float) -> None:
         """Time since ``started`` (a ``time.perf_counter()``) as one figure of ``stage``."""
         self.stage_ms[stage].append((time.perf_counter() - started) * 1000)
 
+    def reached(self, milestone: str, after_due_s: Optional[float]) -> None:
+        """A frame reached ``milestone`` ``after_due_s`` after its audio was due (live only; None offline)."""
+        if after_due_s is not None:
+            self.reached_ms[milestone].append(after_due_s * 1000)
+
     def ready(self, overhead_s: Optional[float]) -> None:
         """A generated frame is ready ``overhead_s`` after its audio was due (live only; None offline)."""
+        self.reached("ready", overhead_s)
         if overhead_s is not None:
             self.overhead_ms.append(overhead_s * 1000)
 
@@ -81,4 +95,5 @@ class SessionMetrics:
             delay=delay, lookahead=lookahead, interrupts=self.interrupts, frames_held=self.frames_held,
             silence_cuts=self.silence_cuts,
             stage_ms={k: percentiles(v) for k, v in self.stage_ms.items()},
+            reached_ms={k: percentiles(v) for k, v in self.reached_ms.items() if v},
         )

@@ -236,6 +236,7 @@ class LipSyncServer:
             pc.addTrack(peer.video_track)
             pc.addTrack(peer.audio_track)
             await pc.setLocalDescription(await pc.createAnswer())
+            share_encoder(pc, peer.video_track, peer.hub.encoders)   # one video encoder per codec, all viewers
         except BaseException:
             if peer is not None:
                 await peer.close("offer failed")
@@ -247,7 +248,6 @@ class LipSyncServer:
     async def _answer_viewer(self, offer: OfferRequest, push: PushSession) -> web.Response:
         peer = await self._connect(offer, lambda pc: Peer(pc, push.hub, "avatar", self.metrics, self._forget,
                                                           viewer=True))
-        share_encoder(peer.pc, peer.video_track, push.hub.encoders)   # one video encoder per codec, all viewers
         if push.closed:                      # deleted while we negotiated
             await peer.close("the session ended")
             raise HTTPRefusal(404, "no such session (it may have ended already)", "not_found")

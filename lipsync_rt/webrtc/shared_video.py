@@ -13,7 +13,9 @@ everyone: cheaper than a second encoder. So does a viewer that missed pictures t
 queue was full: it fell behind), since its next delta frame refers to one it never saw. Bit-rate
 estimates from the viewers' receivers set the one encoder's rate (the most recent wins). This reaches
 into one private attribute of aiortc's ``RTCRtpSender``; if a later aiortc renames it,
-:func:`share_encoder` says so and the viewer keeps its own encoder.
+:func:`share_encoder` says so and the viewer keeps its own encoder. Every peer's video goes through
+here, a session with one viewer too, so VP8 is always encoded with the talking-head settings of
+``vp8.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Optional
 
 from aiortc.codecs import get_encoder
+
+from .vp8 import TalkingHeadVp8Encoder
 
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection, RTCRtpCodecParameters
@@ -45,7 +49,7 @@ class SharedVideoEncoder:
     """aiortc's encoder for one codec, shared by many senders (called from the loop's executor threads)."""
 
     def __init__(self, codec: "RTCRtpCodecParameters") -> None:
-        self._encoder = get_encoder(codec)
+        self._encoder = TalkingHeadVp8Encoder() if codec.mimeType.lower() == "video/vp8" else get_encoder(codec)
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, tuple[int, tuple[list[bytes], int]]] = OrderedDict()  # pts -> (serial, out)
         self._keyframe = False

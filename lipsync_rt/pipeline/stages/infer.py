@@ -114,15 +114,22 @@ class InferStage:
                 kept.append(job)
         return kept
 
+    def _reached(self, milestone: str, batch: list[Job]) -> None:
+        now = time.monotonic()
+        for job in batch:
+            self._metrics.reached(milestone, self._policy.overhead(job.index, now))
+
     async def _generate(self, batch: list[Job]) -> Optional[np.ndarray]:
         loop = asyncio.get_running_loop()
         try:
             started = time.perf_counter()
             mel, face = await loop.run_in_executor(self._pool, self._model.inputs, batch)
             self._metrics.record("prepare", started)
+            self._reached("engine start", batch)
             started = time.perf_counter()
             out = await self._model.infer(mel, face)
             self._metrics.record("infer", started)
+            self._reached("engine done", batch)
             if len(out) != len(batch):
                 raise RuntimeError(f"engine returned {len(out)} faces for {len(batch)} inputs")
             return out

@@ -12,6 +12,7 @@ generation) are dropped here, before they cost anything.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Protocol
 
@@ -21,6 +22,7 @@ from ..messages import DROPPED, IDLE, NO_FACE, PENDING, FrameResult, Generation,
 from ..queues import Queue, StreamEnd
 
 if TYPE_CHECKING:
+    from ..metrics import SessionMetrics
     from ..policy import Policy
     from .release import ReleaseStage
 
@@ -120,8 +122,9 @@ class AvatarPictures:
 class PictureStage:
     def __init__(self, windows: Queue, pictures: Pictures, jobs: Queue, release: "ReleaseStage",
                  skip_silence: bool = True, generation: Optional[Generation] = None,
-                 policy: Optional["Policy"] = None) -> None:
+                 policy: Optional["Policy"] = None, metrics: Optional["SessionMetrics"] = None) -> None:
         self._windows, self._pictures, self._jobs = windows, pictures, jobs
+        self._metrics = metrics
         self._release = release
         self._policy = policy
         self._generation = generation or release.generation
@@ -134,6 +137,8 @@ class PictureStage:
             frame = await self._pictures.picture(mel.index, mel.idle)
             job = self._route(mel, frame)
             if job is not None:
+                if self._policy is not None and self._metrics is not None:
+                    self._metrics.reached("audio in", self._policy.overhead(job.index, time.monotonic()))
                 if self._policy is not None:
                     await self._policy.job_slot(job.index)
                     if self._generation.stale(job.generation):     # interrupted meanwhile
