@@ -483,14 +483,19 @@ class Blender:
         face96: Any,
         box: Sequence[int],
         landmarks: Optional[np.ndarray] = None,
+        strength: float = 1.0,
     ) -> np.ndarray:
         """Return a new frame with the generated face pasted into ``box``; ``frame`` is not modified.
 
         ``face96`` is a generator output (float 3x96x96 in [0,1] or uint8 96x96x3 BGR) covering the whole
-        box; ``landmarks`` are the face mesh points of this frame in frame pixels, or None.
+        box; ``landmarks`` are the face mesh points of this frame in frame pixels, or None. ``strength``
+        (feather only) scales the mask: 0 gives the frame back unchanged (a pause,
+        ``pipeline/rest.py``), 1 the full paste.
         """
         if self.mode == "none":
             return paste_hard(frame, face96, box)
+        if strength <= 0.0:
+            return frame.copy()
         _check_frame(frame)
         b = _box_ints(box)
         x1, y1, x2, y2 = b
@@ -513,7 +518,7 @@ class Blender:
         rx = slice(max(bc.start, rect[1].start), min(bc.stop, rect[1].stop))
         if ry.stop <= ry.start or rx.stop <= rx.start:
             return out
-        m = mask[ry, rx]
+        m = mask[ry, rx] if strength >= 1.0 else mask[ry, rx] * np.float32(strength)
         fy = slice(y1 + ry.start, y1 + ry.stop)
         fx = slice(x1 + rx.start, x1 + rx.stop)
         orig = frame[fy, fx]

@@ -55,6 +55,7 @@ class InferOptions:
     device: str = "auto"
     blend: str = "feather"
     detail: float = 1.0        # feather only: the frame's fine detail back where the face was kept (0: off)
+    rest_in_pauses: bool = True  # feather only: the lower face eases back to the picture in pauses
     # One of engine.ENGINE_KINDS. auto: the fastest faithful engine (int8 on the CPU), built once and cached;
     # torch: the reference network untouched, the reference's frames bit for bit on the CPU (with blend none).
     engine: str = DEFAULT_ENGINE
@@ -111,7 +112,7 @@ def run_inference(
     # The streaming graph in offline mode: nothing dropped or paced, the reference's batches.
     avatar = Avatar(frames, faces, fps=source.fps, name=source.name)
     config = SessionConfig(fps=source.fps, live=False, batch_size=options.wav2lip_batch_size, blend=options.blend,
-                           detail=options.detail, encoder_cache=False)
+                           detail=options.detail, rest_in_pauses=options.rest_in_pauses, encoder_cache=False)
     bar = tqdm(total=count, unit="frame", desc="lip sync", disable=not progress, file=log, leave=False)
     height, width = frames[0].shape[:2]
     sink = Mp4Sink(options.outfile, source.rate, file_audio=decoded, width=width, height=height)

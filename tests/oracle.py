@@ -2,13 +2,14 @@
 
 Output frame i = frame ``i mod len(frames)`` with its mouth generated from mel window i, batched in
 blocks of ``batch_size`` frame indices as ``inference.py`` batches them; frames without a face pass
-through unchanged and the engine sees only frames that have one. ``run_inference`` (a session in
-offline mode) must give exactly these frames.
+through unchanged and the engine sees only frames that have one; ``strength`` (the session's rest in
+pauses) weighs each paste by its mel window. ``run_inference`` (a session in offline mode) must give
+exactly these frames.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -25,6 +26,7 @@ def lipsync_frames(
     engine: Engine,
     blender: Blender,
     batch_size: int = 128,
+    strength: Optional[Callable[[np.ndarray], float]] = None,
 ) -> Iterator[np.ndarray]:
     for start in range(0, len(chunks), batch_size):
         ids = [i % len(frames) for i in range(start, min(len(chunks), start + batch_size))]
@@ -36,6 +38,7 @@ def lipsync_frames(
             generated = dict(zip(with_face, pred))
         for k, j in enumerate(ids):
             if k in generated:
-                yield blender.paste(frames[j], generated[k], faces.boxes[j], faces.landmarks_of(j))
+                weight = 1.0 if strength is None else strength(chunks[start + k])
+                yield blender.paste(frames[j], generated[k], faces.boxes[j], faces.landmarks_of(j), weight)
             else:
                 yield frames[j]

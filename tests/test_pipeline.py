@@ -22,6 +22,7 @@ from lipsync_rt.errors import LipSyncError
 from lipsync_rt.media import iter_video_frames
 from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
 from lipsync_rt.pipeline.clock import LOOKAHEAD, MediaClock
+from lipsync_rt.pipeline.rest import speech_weight
 from lipsync_rt.pipeline.timeline import MelFramer
 from oracle import lipsync_frames
 
@@ -99,7 +100,7 @@ def test_mel_framer_gives_mel_chunks_windows(wav):
 def test_offline_session_equals_the_batch_infer_path(engine, avatar, wav):
     frames, audio, session = asyncio.run(offline(engine, avatar, wav))
     chunks = mel_chunks(melspectrogram(wav), 25)
-    expected = list(lipsync_frames(avatar.frames, avatar.faces, chunks, engine, Blender("feather"), 4))
+    expected = list(lipsync_frames(avatar.frames, avatar.faces, chunks, engine, Blender("feather"), 4, speech_weight))
     assert [f.pts for f in frames] == list(range(len(expected)))
     for frame, reference in zip(frames, expected):
         np.testing.assert_array_equal(frame.image, reference)
@@ -322,7 +323,8 @@ def test_offline_session_with_an_earlier_window_equals_the_batch_path(avatar, wa
     frames, _, session = asyncio.run(offline(engine, avatar, wav))
     chunks = mel_chunks(melspectrogram(wav), 25, mel_offset=-8)
     assert len(chunks) > len(mel_chunks(melspectrogram(wav), 25))        # a window that ends earlier fits more often
-    expected = list(lipsync_frames(avatar.frames, avatar.faces, chunks, engine, Blender("feather"), 4))
+    expected = list(lipsync_frames(avatar.frames, avatar.faces, chunks, engine, Blender("feather"), 4,
+                                   lambda w: speech_weight(w, -8)))     # rest in pauses reads the same windows
     assert [f.pts for f in frames] == list(range(len(expected)))
     for frame, reference in zip(frames, expected):
         np.testing.assert_array_equal(frame.image, reference)

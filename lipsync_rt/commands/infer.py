@@ -9,7 +9,7 @@ from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ran
 DESCRIPTION = (
     "Lip-sync a face video or photo to any audio (wav, mp3, m4a, or the audio of a video) and write "
     "an mp4 (H.264 + AAC). The options are those of Wav2Lip's inference.py, with the same names and "
-    "defaults, plus --device, --blend, --detail and --engine."
+    "defaults, plus --device, --blend, --detail, --no-rest and --engine."
 )
 EPILOG = """\
 examples:
@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="feather only: put back the frame's own fine detail (skin, lip lines) that a 96x96 model "
                    "cannot draw, wherever the model kept the face as it was; 0 shows the model's own pixels "
                    "(default: %(default)s)")
+    p.add_argument("--no-rest", "--no_rest", dest="rest", action="store_false",
+                   help="feather only: keep the model's mouth in pauses of the speech too; by default the lower "
+                   "face eases back to the picture as it is wherever the speech pauses")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE,
                    help=f"{ENGINE_HELP} (with --blend none and the same face boxes, the whole frames are "
                    "inference.py's) (default: %(default)s)")
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         blend=args.blend,
         detail=args.detail,
+        rest_in_pauses=args.rest,
         engine=args.engine,
     )
     report = run_inference(options, progress=not args.quiet)

@@ -32,6 +32,8 @@ class SessionConfig:
     ``encoder_cache``: avatar mode with a SplitEngine reuses the avatar's face-encoder features.
     ``detail``: with ``blend="feather"``, how much of the frame's own fine detail goes back where the
     generator kept the face as it was (``lipsync_rt.blend``; 0 shows the model's own pixels).
+    ``rest_in_pauses``: with ``blend="feather"``, the lower face eases back to the picture as it is
+    where the speech pauses (``rest.py``); False keeps the model's mouth on every frame.
     ``conceal_drops``: in live mode, a frame whose mouth is not ready in time holds the last generated
     mouth (or freezes briefly) instead of showing its original picture (``conceal.py``).
     ``max_wait_ms``: how long the session's own micro-batcher waits for more requests before running
@@ -49,6 +51,7 @@ class SessionConfig:
     batch_size: int = 4
     blend: str = "feather"
     detail: float = 1.0
+    rest_in_pauses: bool = True
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)
     overhead_ms: float | None = None
     audio_grace_ms: float = 20.0

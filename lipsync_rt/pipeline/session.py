@@ -42,6 +42,7 @@ from .metrics import SessionMetrics
 from .pcm import to_float, to_mono_float
 from .policy import policy_for
 from .queues import BackpressureQueue, DropOldestQueue, Inbox, StreamEnd
+from .rest import speech_weight
 from .segments import SegmentEvent, SegmentId, Segments
 from .source_audio import SourceAudio
 from .stages import (AudioStage, AvatarPictures, BlendStage, CameraPictures, InferStage, LipSyncModel,
@@ -149,11 +150,19 @@ class LipSyncSession:
                                      self.metrics)),
             ("infer", InferStage(jobs, model, policy, cfg.batch_size, generated, release, self.metrics,
                                  self._work_pool, generation)),
-            ("blend", BlendStage(generated, blender, self._work_pool, release, policy, self.metrics, generation)),
+            ("blend", BlendStage(generated, blender, self._work_pool, release, policy, self.metrics, generation,
+                                 self._rest())),
             ("release", release),
         ]
         self._stages = {name: stage for name, stage in graph if stage is not None}
         return list(self._stages.items())
+
+    def _rest(self) -> Optional[Callable[[np.ndarray], float]]:
+        """The paste strength per mel window (``rest.py``), or None: the full paste on every frame."""
+        if not (self.config.rest_in_pauses and self.config.blend == "feather"):
+            return None
+        offset, fps = self.mel_offset, self.config.fps
+        return lambda window: speech_weight(window, offset, fps)
 
     # ------------------------------------------------------------------------------------------
     # Public API

@@ -2,7 +2,8 @@
 
 The paste (feathered lower-face mask with colour matching, or the reference's hard paste) runs in a
 worker thread; each finished frame goes to the release stage, which keeps it until its slot. Faces
-of an interrupted speech are not pasted.
+of an interrupted speech are not pasted. With ``rest`` (``rest.py``), each paste's strength comes from
+its frame's mel window, so the lower face rests as the picture in pauses.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
 class BlendStage:
     def __init__(self, generated: Queue, blender: "Blender", pool: concurrent.futures.Executor,
                  release: "ReleaseStage", policy: "Policy", metrics: SessionMetrics,
-                 generation: Optional[Generation] = None) -> None:
+                 generation: Optional[Generation] = None,
+                 rest: Optional[Callable[[np.ndarray], float]] = None) -> None:
         self._generated, self._blender, self._pool = generated, blender, pool
+        self._rest = rest
         self._release, self._policy, self._metrics = release, policy, metrics
         self._generation = generation or release.generation
 
@@ -51,6 +54,7 @@ class BlendStage:
                 self._metrics.ready(self._policy.overhead(job.index, now))
 
     def _paste(self, batch: GeneratedFaces) -> list[np.ndarray]:
-        paste = self._blender.paste
-        return [paste(job.frame.image, face, job.frame.track.box, job.frame.track.landmarks)
+        paste, rest = self._blender.paste, self._rest
+        return [paste(job.frame.image, face, job.frame.track.box, job.frame.track.landmarks,
+                      1.0 if rest is None else rest(job.mel.window))
                 for job, face in zip(batch.jobs, batch.faces)]
