@@ -335,3 +335,29 @@ def test_talking_head_vp8_encoder_makes_a_decodable_stream_without_the_denoiser(
     frame.pts, frame.time_base = 6 * 3600, VIDEO_TIME_BASE
     encoder.encode(frame)
     assert encoder.codec is not first and encoder.codec.bit_rate == 1_000_000
+
+
+def test_the_encoder_pool_has_few_threads_below_the_process_priority():
+    import os
+    import threading
+
+    from lipsync_rt.webrtc import encode_pool
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        pool = encode_pool.install(loop, threads=1, nice=5)
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        # what aiortc's senders do with every frame: run_in_executor(None, encoder.encode, ...)
+        names = await asyncio.gather(*(loop.run_in_executor(
+            None, lambda: (threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+            for _ in range(4)))
+        return pool, mine, set(names)
+
+    pool, mine, names = asyncio.run(run())
+    assert pool._max_workers == 1
+    assert names == {("lipsync-encode_0", min(19, mine + 5))}
+    assert encode_pool.default_threads() >= 1
+    with pytest.raises(LipSyncError, match="encode_nice"):
+        ServerConfig(encode_nice=20)
+    with pytest.raises(LipSyncError, match="encode_threads"):
+        ServerConfig(encode_threads=0)

@@ -23,6 +23,7 @@ GROUPS = (
     ("lipsync-engine", "engine"),
     ("lipsync-work", "crops + blending"),
     ("lipsync-track", "face tracking"),
+    ("lipsync-encode", "aiortc encode (executor)"),
     ("asyncio_", "aiortc encode (executor)"),
     ("decoder", "aiortc decode"),
 )

@@ -37,6 +37,9 @@ from .tracks import SessionAudioTrack, SessionVideoTrack, read_audio, read_video
 if TYPE_CHECKING:
     from .hub import SessionHub
 
+#: frames a viewer's video may fall behind the session before the oldest are skipped (240 ms at 25 fps)
+PEER_VIDEO_KEPT = 6
+
 log = logging.getLogger(__name__)
 
 
@@ -61,7 +64,9 @@ class Peer:
         self.registered = False  # set by the server once the answer is out; only then is it counted
         self._blackhole = MediaBlackhole()  # reads a camera nobody uses, so aiortc's queue cannot grow
         clock = MediaClock()
-        self._media = hub.subscribe(f"peer {self.short_id}")
+        # a live viewer gets recent pictures: when its encoder falls behind (an overloaded machine), the
+        # oldest waiting frames go, so the delay stays bounded instead of growing by seconds
+        self._media = hub.subscribe(f"peer {self.short_id}", video_kept=PEER_VIDEO_KEPT)
         self.video_track = SessionVideoTrack(self._media.video(), clock, on_frame=self._sent_video)
         self.audio_track = SessionAudioTrack(self._media.audio(), clock, on_frame=self._sent_audio)
         pc.on("track", self._on_track)

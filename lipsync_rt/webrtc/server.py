@@ -29,6 +29,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from ..errors import LipSyncError
+from . import encode_pool
 from .heap import HeapTrimmer
 from .hub import SessionHub
 from .limits import (MAX_BODY_BYTES, MODES, HTTPRefusal, OfferRequest, check_size, check_token, load_json, parse_offer,
@@ -75,12 +76,18 @@ class ServerConfig:
     socket_idle_timeout: float = IDLE_TIMEOUT_S   # an audio socket silent this long is closed (4408)
     max_ahead: float = MAX_AHEAD_S      # seconds of audio a socket may push ahead of real time (4429)
     max_message: int = MAX_MESSAGE_BYTES   # largest WebSocket message (1009 beyond)
+    encode_threads: Optional[int] = None  # aiortc's encoders: threads (None: half the cores), see encode_pool.py
+    encode_nice: int = encode_pool.ENCODE_NICE   # ... and how much lower their priority is (0: the same)
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise LipSyncError(f"--max-sessions must be >= 1, got {self.max_sessions}")
         if self.max_body < 1024:
             raise LipSyncError(f"the body limit must be >= 1024 bytes, got {self.max_body}")
+        if self.encode_threads is not None and self.encode_threads < 1:
+            raise LipSyncError(f"encode_threads must be >= 1, got {self.encode_threads}")
+        if not 0 <= self.encode_nice <= 19:
+            raise LipSyncError(f"encode_nice must be in 0-19, got {self.encode_nice}")
         for url in self.ice_servers:
             if not url.startswith(("stun:", "turn:", "turns:")):
                 raise LipSyncError(f"ICE server {url!r} must start with stun:, turn: or turns:")
@@ -428,7 +435,9 @@ class LipSyncServer:
 @contextlib.asynccontextmanager
 async def listening(server: LipSyncServer, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve ``server`` in this event loop (port 0: any free port) and yield its base URL; for tests
-    and benchmarks. Leaving the block closes every peer."""
+    and benchmarks. Leaving the block closes every peer. The loop's default executor becomes the
+    server's encoder pool (``encode_pool.py``)."""
+    encode_pool.install(asyncio.get_running_loop(), server.config.encode_threads, server.config.encode_nice)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
     try:
@@ -460,6 +469,7 @@ async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str,
     from .avatars import prepare_avatars
 
     asyncio.get_running_loop().set_exception_handler(_quiet_closed_connections)
+    encode_pool.install(asyncio.get_running_loop(), config.encode_threads, config.encode_nice)
     avatars = await prepare_avatars(avatar_paths, engine, fps=fps, idle=idle_paths)
     server = LipSyncServer(engine, avatars, config, session_config=SessionConfig(fps=fps, blend=blend, overhead_ms=overhead_ms),
                            max_batch=max_batch)
