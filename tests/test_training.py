@@ -386,3 +386,11 @@ def test_eval_look_scores_a_perfect_copy_as_perfect_and_a_blur_as_blurred(tmp_pa
     blur = eval_look.evaluate(str(tmp_path / "blur.mp4"), str(ROOT / "examples" / "face.jpg"), str(tmp_path / "speech.wav"))
     assert same["pause_frames"] == 12 and same["ssim_pause"] > 0.95 and same["colour_shift"] < 1.0
     assert 0.8 < same["sharpness"] < 1.2 and blur["sharpness"] < 0.3 and blur["ssim_pause"] < same["ssim_pause"]
+    assert 0.8 < same["sharpness_speech"] < 1.2 and blur["sharpness_speech"] < 0.3
+    # sharp in the pause, blurred while talking: the speech figure shows the blur the pause hides
+    half = tmp_path / "half.mp4"
+    with Mp4Writer(half, 25, audio=False, crf=0) as w:
+        for k in range(25):
+            w.write_video(photo if k < 12 else blurred)
+    mixed = eval_look.evaluate(str(half), str(ROOT / "examples" / "face.jpg"), str(tmp_path / "speech.wav"))
+    assert mixed["sharpness_speech"] < 0.3 < mixed["sharpness"]

@@ -56,13 +56,14 @@ def people() -> dict[str, Path]:
 
 
 def look(generator: str, face: Path, out_dir: Path, name: str) -> dict:
-    """infer on ``face`` with the example speech, scored with and without detail transfer."""
+    """infer on ``face`` with the example speech, scored as users get it (detail transfer, rest in
+    pauses) and as the model draws it (neither)."""
     scores = {}
     with tempfile.TemporaryDirectory() as tmp:
         for detail in (1.0, 0.0):
             video = Path(tmp) / f"{name}_{detail:g}.mp4"
             run_inference(InferOptions(face=str(face), audio=str(SPEECH), outfile=str(video), checkpoint_path=generator,
-                                       engine="torch", detail=detail), progress=False)
+                                       engine="torch", detail=detail, rest_in_pauses=bool(detail)), progress=False)
             scores["pipeline" if detail else "model_alone"] = eval_look.evaluate(str(video), str(face), str(SPEECH))
             if detail:
                 frames = [f.image for f in iter_video_frames(video)]

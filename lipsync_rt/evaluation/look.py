@@ -4,7 +4,8 @@ For an output video (what ``lipsync-rt infer`` wrote), its input face (photo or 
 *reference*) and the speech, on the lower half of the reference's face box:
 
 - ``sharpness``: variance of the Laplacian, output / input (1.0: as crisp as the input; a blurred lower
-  face scores low);
+  face scores low), over every frame, and ``sharpness_speech`` over the frames whose own audio is not
+  silent (the mouth the model draws while talking: pauses that show the input do not lift it);
 - ``ssim``: SSIM (grey, Gaussian window) with the input on every frame with a face, and ``ssim_pause``
   on frames whose own 40 ms of audio is silent (below -45 dBFS), where the mouth should simply be the
   input's (``pause_frames`` counts them);
@@ -70,6 +71,10 @@ def _nan_mean(values: list) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _ratio(out: list, inp: list) -> float:
+    return float(np.mean(out) / max(np.mean(inp), 1e-9)) if inp else float("nan")
+
+
 def evaluate(video: str, face: str, audio: Optional[str] = None, progress: bool = False) -> dict:
     """The look figures of ``video`` against its input ``face``; ``audio`` defaults to the video's own."""
     source = read_face_source(face)
@@ -81,6 +86,7 @@ def evaluate(video: str, face: str, audio: Optional[str] = None, progress: bool 
     levels = frame_levels(load_audio(audio or video), n, source.fps)
 
     sharp_out, sharp_in, all_ssim, pause_ssim, shift, openings = [], [], [], [], [], []
+    talking = []                                  # indices into sharp_out / sharp_in of non-silent frames
     without_face = 0
     with FaceDetector() as detector:
         for i, (out, inp) in enumerate(zip(outputs, inputs)):
@@ -98,6 +104,8 @@ def evaluate(video: str, face: str, audio: Optional[str] = None, progress: bool 
             all_ssim.append(value)
             if levels[i] < SILENT_DB:
                 pause_ssim.append(value)
+            else:
+                talking.append(len(sharp_out) - 1)
             lab_o = cv2.cvtColor(o, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(np.float64).mean(axis=0)
             lab_p = cv2.cvtColor(p, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(np.float64).mean(axis=0)
             shift.append(float(np.hypot(*(lab_o[1:] - lab_p[1:]))))
@@ -114,7 +122,8 @@ def evaluate(video: str, face: str, audio: Optional[str] = None, progress: bool 
     r = float(np.corrcoef(gaps, levels[idx])[0, 1]) if len(idx) > 2 and gaps.std() > 0 else float("nan")
     return {
         "frames": n,
-        "sharpness": float(np.mean(sharp_out) / max(np.mean(sharp_in), 1e-9)) if sharp_in else float("nan"),
+        "sharpness": _ratio(sharp_out, sharp_in),
+        "sharpness_speech": _ratio([sharp_out[k] for k in talking], [sharp_in[k] for k in talking]),
         "ssim": _nan_mean(all_ssim),
         "ssim_pause": _nan_mean(pause_ssim),
         "pause_frames": len(pause_ssim),

@@ -61,9 +61,10 @@ def clip_text(result: dict, names: dict[str, str]) -> str:
 
 def look_text(look: dict, reference: str) -> str:
     return (f"look vs {Path(reference).name} ({look['judged_frames']} frames): sharpness {_f(look['sharpness'], 2)} x "
-            f"the input's, SSIM {_f(look['ssim'])} (pauses {_f(look['ssim_pause'])} over {look['pause_frames']} "
-            f"frames), colour shift {_f(look['colour_shift'], 2)}, mouth opening vs loudness r "
-            f"{_f(look['opening_r'], 2)}, {look['frames_without_face']} frame(s) without a face")
+            f"the input's ({_f(look.get('sharpness_speech'), 2)} while talking), SSIM {_f(look['ssim'])} "
+            f"(pauses {_f(look['ssim_pause'])} over {look['pause_frames']} frames), "
+            f"colour shift {_f(look['colour_shift'], 2)}, mouth opening vs loudness r {_f(look['opening_r'], 2)}, "
+            f"{look['frames_without_face']} frame(s) without a face")
 
 
 def list_text(results: Sequence[dict], summary: dict, skipped: Sequence[dict], names: dict[str, str]) -> str:
