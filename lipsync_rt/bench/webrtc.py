@@ -61,8 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --clients process: how many processes share the clients (a machine serving "
                         "dozens of sessions needs several to decode them all; default: %(default)s)")
     parser.add_argument("--profile", action="store_true",
-                        help="also report where the server's CPU goes, by thread (event loop, engine, blending, "
-                        "encoders, ...), and plot it")
+                        help="also report where the server's time goes: CPU used and time spent waiting for a "
+                        "core, by thread (event loop, engine, blending, encoders, ...), and when a frame "
+                        "reached each step after its audio was due (window cut, engine start and end, pasted) "
+                        "against the budget D - L; with --plot, a plot of all three")
     parser.add_argument("--keep-going", action="store_true", help="try every count even after one fails to hold")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot: frames/s and latency per session count")

@@ -8,8 +8,7 @@ while the engine is busy form the next batch, so batches grow with the load by t
 an idle engine starts at once. ``max_wait_ms`` makes it wait that long after the first request, or
 until ``max_batch`` frames are waiting: that only pays where the per-call cost dominates and requests
 come a few ms apart. On a 2-core CPU serving three 25 fps sessions, whose frames fall due at unrelated
-times, a 4 ms wait put 4 ms on every frame and a frame was ready at p50 30-40 ms later after its audio
-(``bench webrtc --profile``).
+times, a 4 ms wait merged little and put 4 ms on almost every frame (``bench webrtc --profile``).
 
 Choices worth knowing:
 
