@@ -85,8 +85,12 @@ _MIN_MASK_FRACTION = 0.02
 # over-amplify its low-frequency shading.
 _GAIN_LIMITS = (0.67, 1.5)
 # Detail transfer: the frame's detail is kept where the generated face differs from the frame's
-# 96x96 version by less than about this many grey levels (a Gaussian fall-off).
-DETAIL_TOLERANCE = 14.0
+# 96x96 version by less than about this many grey levels (a Gaussian fall-off). A small model
+# re-draws cheeks and chin with a slightly different shading, not a different shape: at 14 levels
+# that shading alone switched the detail off there (the bundled model's lower face while talking
+# stayed at 0.53 of the input's sharpness); at 28 skin texture and wrinkles come back there, while
+# an opened mouth (teeth against a cavity differ by 100 levels and more) still gets none.
+DETAIL_TOLERANCE = 28.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -353,6 +353,17 @@ def test_detail_transfer_gives_back_the_frame_where_the_face_was_kept(face_image
     assert np.abs(with_detail.astype(int) - face_image.astype(int)).max() <= 6
 
 
+def test_detail_survives_a_model_that_only_shades_the_face_differently(face_image, landmarks, box):
+    """A small model redraws cheeks and chin a little darker or lighter, not in another shape: the
+    frame's texture still goes back there (colour matching off, so the shift reaches the paste)."""
+    x1, y1, x2, y2 = box
+    shaded = np.clip(cv2.resize(face_image[y1:y2, x1:x2], (96, 96), interpolation=cv2.INTER_AREA).astype(int) - 12,
+                     0, 255).astype(np.uint8)
+    lower = (slice(y1 + (y2 - y1) // 2, y2), slice(x1, x2))
+    out = Blender("feather", color_match=False).paste(face_image, shaded, box, landmarks)
+    assert _sharpness(out[lower]) > 0.9 * _sharpness(face_image[lower])
+
+
 def test_detail_is_not_pasted_over_a_changed_mouth(face_image, landmarks, box):
     x1, y1, x2, y2 = box
     generated = cv2.resize(face_image[y1:y2, x1:x2], (96, 96), interpolation=cv2.INTER_AREA)
