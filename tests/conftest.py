@@ -96,6 +96,23 @@ def face_video(data_dir, photo) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def engine():
+    """The seeded width-0.25 generator on torch: the default for session tests (a module that needs
+    another engine defines its own ``engine``)."""
+    from lipsync_rt.engine import TorchEngine
+
+    return TorchEngine(seeded_generator(seed=5))
+
+
+@pytest.fixture(scope="module")
+def avatar(face_video):
+    """``face_video`` prepared as an avatar (a module may define its own ``avatar``)."""
+    from lipsync_rt.pipeline import Avatar
+
+    return Avatar.prepare(face_video)
+
+
 @pytest.fixture(scope="session")
 def silent_video(data_dir, photo) -> Path:
     """A face clip with no audio stream at all."""

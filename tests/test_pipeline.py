@@ -28,16 +28,6 @@ from oracle import lipsync_frames
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return TorchEngine(seeded_generator(seed=5))
-
-
-@pytest.fixture(scope="module")
-def avatar(face_video):
-    return Avatar.prepare(face_video)
-
-
-@pytest.fixture(scope="module")
 def wav(speech):
     return load_audio(speech)
 

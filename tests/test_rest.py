@@ -7,11 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from conftest import seeded_generator
 from lipsync_rt.audio import MEL_SILENCE, SAMPLE_RATE, melspectrogram, mel_chunks
 from lipsync_rt.blend import Blender
-from lipsync_rt.engine import TorchEngine
-from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
+from lipsync_rt.pipeline import LipSyncSession, SessionConfig
 from lipsync_rt.pipeline.rest import speech_weight
 
 
@@ -53,12 +51,10 @@ def test_blender_strength_zero_gives_the_frame_and_one_the_full_paste(photo):
 
 
 @pytest.mark.parametrize("rest", [True, False])
-def test_a_pause_shows_the_picture_itself_unless_rest_is_off(speech, face_video, rest):
+def test_a_pause_shows_the_picture_itself_unless_rest_is_off(speech, engine, avatar, rest):
     from lipsync_rt.audio import load_audio
 
     wav = _speech_then_pause(load_audio(speech))
-    avatar = Avatar.prepare(face_video)
-    engine = TorchEngine(seeded_generator(seed=5))
 
     async def run():
         config = SessionConfig(live=False, rest_in_pauses=rest)

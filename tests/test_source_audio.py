@@ -9,23 +9,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from conftest import seeded_generator
-from lipsync_rt.engine import TorchEngine
 from lipsync_rt.io import Mp4Sink, run_sinks
 from lipsync_rt.media import probe
 from lipsync_rt.audio import decode_audio
-from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
+from lipsync_rt.pipeline import LipSyncSession, SessionConfig
 from lipsync_rt.pipeline.source_audio import SourceAudio
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return TorchEngine(seeded_generator(seed=5))
-
-
-@pytest.fixture(scope="module")
-def avatar(face_video):
-    return Avatar.prepare(face_video)
 
 
 def stereo(seconds: float, rate: int) -> np.ndarray:

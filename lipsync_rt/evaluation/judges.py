@@ -19,7 +19,7 @@ fine A/V offset     every MFCC column: 10 ms              every mel column: 12.5
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -104,15 +104,21 @@ def _batched(embed: Callable[[torch.Tensor], torch.Tensor], inputs: np.ndarray, 
 
 
 @dataclass
-class SyncNetJudge:
-    """SyncNet v2 with the LSE scripts' inputs: 224x224 crops, raw pixel values, MFCC windows."""
+class _Judge:
+    """What both judges hold: the network, the name it is reported under, where it runs, its batch."""
 
     model: torch.nn.Module
     name: str
     device: torch.device
     batch_size: int = 20
-    key: str = "syncnet"
-    crop_size: int = 224
+
+
+@dataclass
+class SyncNetJudge(_Judge):
+    """SyncNet v2 with the LSE scripts' inputs: 224x224 crops, raw pixel values, MFCC windows."""
+
+    key: ClassVar[str] = "syncnet"
+    crop_size: ClassVar[int] = 224
 
     def embedder(self, tick=None) -> WindowEmbedder:
         def prepare(crops: np.ndarray) -> np.ndarray:      # [5, 224, 224, 3] -> [3, 5, 224, 224], 0-255
@@ -140,15 +146,11 @@ class SyncNetJudge:
 
 
 @dataclass
-class ExpertJudge:
+class ExpertJudge(_Judge):
     """The project's lip-sync expert (Wav2Lip's SyncNet_color): lower halves of 96x96 faces, mel windows."""
 
-    model: torch.nn.Module
-    name: str
-    device: torch.device
-    batch_size: int = 20
-    key: str = "expert"
-    crop_size: int = 96
+    key: ClassVar[str] = "expert"
+    crop_size: ClassVar[int] = 96
 
     def embedder(self, tick=None) -> WindowEmbedder:
         def prepare(crops: np.ndarray) -> np.ndarray:      # [5, 96, 96, 3] -> [15, 48, 96] in [0, 1]

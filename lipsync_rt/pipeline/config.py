@@ -38,7 +38,7 @@ class SessionConfig:
     mouth (or freezes briefly) instead of showing its original picture (``conceal.py``).
     ``max_wait_ms``: how long the session's own micro-batcher waits for more requests before running
     one: a single stream has nobody else to wait for, and its infer stage already batches whatever
-    jobs are waiting, so 0 (a batcher shared by many sessions, the server's, has its own wait).
+    jobs are waiting, so 0, as for the batcher shared by the server's sessions (``MicroBatcher``'s default).
     ``source_audio``: released audio also carries the pushed audio as it came (its own rate and
     channels; ``OutputAudio.source``), for sinks that should give back what went in (``source_audio.py``).
     ``idle_transition``: for an avatar with an idle clip, how a change between the idle clip and the
