@@ -72,3 +72,32 @@ def test_bench_webrtc_runs_a_session_over_loopback(tmp_path):
     assert (tmp_path / "webrtc_cpu.png").read_bytes()[:8] == PNG
     assert result["machine"]["cores"] >= 1 and "engine" in result
     assert png.read_bytes()[:8] == PNG
+    # D as measured at the start and as it ended (the playout delay may have grown it), drops in the
+    # warm-up apart, and the CPU the hypervisor took (Linux reports it; 0 on a machine of one's own)
+    assert step["delay_ms"]["at_start_max"] <= step["delay_ms"]["max"] and step["delay_increases"] >= 0
+    assert step["drops_warmup"] >= 0
+    assert step["stolen_cores"] >= 0 and step["stolen_peak_cores"] >= 0
+
+
+def test_bench_webrtc_stagger_connects_the_clients_one_after_another():
+    import asyncio
+    import time
+
+    from lipsync_rt.bench.webrtc import _connect_all
+
+    class Client:
+        def __init__(self):
+            self.at = None
+
+        async def connect(self, http):
+            self.at = time.monotonic()
+
+    async def run(stagger):
+        clients = [Client() for _ in range(3)]
+        await _connect_all(clients, None, stagger)
+        return [c.at for c in clients]
+
+    at = asyncio.run(run(0.1))
+    assert all(0.09 <= b - a < 0.3 for a, b in zip(at, at[1:]))
+    at = asyncio.run(run(0.0))
+    assert at[-1] - at[0] < 0.05

@@ -329,12 +329,22 @@ def test_talking_head_vp8_encoder_makes_a_decodable_stream_without_the_denoiser(
     assert len(decoded) == 6 and (decoded[0].width, decoded[0].height) == (128, 96)
     got = decoded[-1].to_ndarray(format="bgr24").astype(float)
     assert np.abs(got - picture).mean() < 6                   # a faithful picture
-    first = encoder.codec
-    encoder.target_bitrate = 1_000_000                        # the receiver's estimate moved > 10%: reopened
-    frame = av.VideoFrame.from_ndarray(picture, format="bgr24")
-    frame.pts, frame.time_base = 6 * 3600, VIDEO_TIME_BASE
-    encoder.encode(frame)
-    assert encoder.codec is not first and encoder.codec.bit_rate == 1_000_000
+
+    def follows(estimate: int) -> bool:
+        """The receiver's estimate becomes ``estimate``: whether the next frame reopens the encoder at it."""
+        before = encoder.codec
+        encoder.target_bitrate = estimate
+        frame = av.VideoFrame.from_ndarray(picture, format="bgr24")
+        frame.pts, frame.time_base = 6 * 3600, VIDEO_TIME_BASE
+        encoder.encode(frame)
+        assert encoder.codec.bit_rate == (estimate if encoder.codec is not before else before.bit_rate)
+        return encoder.codec is not before
+
+    assert encoder.codec.bit_rate == 500_000
+    assert not follows(700_000)            # a climbing estimate (aiortc would reopen at 550,000) ...
+    assert follows(800_000)                # ... is followed at 1.5 times the rate: a key frame each time
+    assert not follows(700_000)            # a falling one at 15% below
+    assert follows(650_000)
 
 
 def test_the_encoder_pool_has_few_threads_below_the_process_priority():

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
+from lipsync_rt.gc_tuning import freeze_startup_objects
 
 if TYPE_CHECKING:
     from lipsync_rt.engine import Engine
@@ -168,6 +169,7 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
         first = next(frames, None)
         frames.close()                     # the file is not read on: close it now
     faces = LowerFaces(avatar, first.image if first is not None else None)
+    freeze_startup_objects()               # as the demo and serve do (gc_tuning.py)
     await session.start()                  # setup (imports, warm-up) is not the steady state
     probe = LoopLagProbe().start()
     t0 = session.clock.t0

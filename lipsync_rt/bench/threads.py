@@ -77,3 +77,18 @@ def cores_by_group(before: Optional[dict], after: Optional[dict], seconds: float
     for tid, reading in after.items():
         used[reading[0]] += reading[column] - before.get(tid, (reading[0], 0.0, 0.0))[column]
     return {label: round(value / seconds, 3) for label, value in used.most_common() if value > 0}
+
+
+def stolen_seconds() -> Optional[float]:
+    """CPU time the hypervisor gave to other guests while this machine wanted it (``steal`` in
+    ``/proc/stat``), summed over cores; None where there is no such file. A virtual machine's
+    neighbours can take most of both cores for 50-100 ms at a time, and every session misses its
+    release times then: the benchmark reports it beside the drops."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")

@@ -43,11 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=ranges.seconds, default=8.0, help="measured time per step (default: %(default)s)")
     parser.add_argument("--warmup", type=ranges.number(0, 3600, unit="s"), default=2.0,
                         help="unmeasured start of each step (default: %(default)s)")
+    parser.add_argument("--stagger", type=ranges.number(0, 600, unit="s"), default=0.0,
+                        help="connect the clients one every this many seconds instead of at once (within each "
+                        "client process), as sessions join a real server; the measured window starts when all "
+                        "are in (default: %(default)s)")
     parser.add_argument("--mode", choices=("avatar", "camera"), default="avatar", help="session mode (default: avatar)")
     parser.add_argument("--fps", type=ranges.fps, default=25.0, help="frame rate per session (default: %(default)s)")
     parser.add_argument("--overhead-ms", "--overhead_ms", type=ranges.milliseconds,
-                        help="processing budget D - L of every session (default: "
-                        "measured as each session starts)")
+                        help="processing budget D - L of every session, fixed (default: "
+                        "measured as each session starts, then grown with the load in pauses)")
+    parser.add_argument("--max-overhead-ms", "--max_overhead_ms", type=ranges.milliseconds, default=200.0,
+                        help="how far a measured budget may grow with the load; 0: never (default: %(default)s)")
     parser.add_argument("--checkpoint_path", help="generator checkpoint (default: the bundled lite model)")
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_CHOICES,
                         help=f"{ENGINE_HELP} (default: %(default)s)")
@@ -70,7 +76,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG plot: frames/s and latency per session count")
 
 
-def _client_process(url: str, count: int, mode: str, fps: float, frame, speech, commands, results) -> None:
+async def _connect_all(clients: list, http, stagger: float) -> None:
+    """Connect the clients at once, or (``stagger`` > 0) one every ``stagger`` seconds: a server whose
+    sessions join one after another, each measuring its budget under the load of those before it."""
+    import asyncio
+
+    if stagger <= 0:
+        await asyncio.gather(*(c.connect(http) for c in clients))
+        return
+    for k, client in enumerate(clients):
+        if k:
+            await asyncio.sleep(stagger)
+        await client.connect(http)
+
+
+def _client_process(url: str, count: int, mode: str, fps: float, frame, speech, commands, results,
+                    stagger: float = 0.0) -> None:
     """The clients of one step, in a process of their own: connect, tell the server's process, take the
     measurement window it sends (monotonic times: one clock for every process), report, hang up."""
     import asyncio
@@ -79,13 +100,16 @@ def _client_process(url: str, count: int, mode: str, fps: float, frame, speech, 
 
     import aiohttp
 
+    from ..gc_tuning import freeze_startup_objects
     from ..webrtc.loopback import LoopbackClient
 
     async def main() -> None:
         async with aiohttp.ClientSession() as http:
             clients = [LoopbackClient(url, mode=mode, avatar="face", frames=[frame], speech=speech, fps=fps)
                        for _ in range(count)]
-            await asyncio.gather(*(c.connect(http) for c in clients))
+            await _connect_all(clients, http, stagger)
+            # stand-ins for browsers: their own full collections would stall every stream's audio at once
+            freeze_startup_objects()
             results.put("connected")
             loop = asyncio.get_running_loop()
             t0, t1 = await loop.run_in_executor(None, commands.get)
@@ -124,7 +148,7 @@ class _Clients:
 
             self.clients = [LoopbackClient(self.url, mode=self.args.mode, avatar="face", frames=[self.frame],
                                            speech=self.speech, fps=self.args.fps) for _ in range(self.count)]
-            await asyncio.gather(*(c.connect(self.http) for c in self.clients))
+            await _connect_all(self.clients, self.http, self.args.stagger)
             return
         import multiprocessing
 
@@ -134,10 +158,12 @@ class _Clients:
             share = len(range(k, self.count, processes))
             commands, results = ctx.Queue(), ctx.Queue()
             process = ctx.Process(target=_client_process, daemon=True, args=(
-                self.url, share, self.args.mode, self.args.fps, self.frame, self.speech, commands, results))
+                self.url, share, self.args.mode, self.args.fps, self.frame, self.speech, commands, results,
+                self.args.stagger))
             process.start()
             self.processes.append((process, commands, results))
-        for reply in await asyncio.gather(*(self._result(results, 120.0) for _, _, results in self.processes)):
+        timeout = 120.0 + self.args.stagger * self.count
+        for reply in await asyncio.gather(*(self._result(results, timeout) for _, _, results in self.processes)):
             if reply != "connected":
                 raise RuntimeError(f"a client process failed: {reply}")
 
@@ -182,6 +208,25 @@ class _Clients:
                 process.kill()
 
 
+async def _steal_peak(until: float, every: float = 0.1) -> "float | None":
+    """Sleep until ``until`` (monotonic), reading the hypervisor's steal every ``every`` s; the most
+    cores it took in one such interval (None where the kernel does not say)."""
+    import asyncio
+    import time
+
+    from .threads import stolen_seconds
+
+    peak, last, at = 0.0, stolen_seconds(), time.monotonic()
+    while (now := time.monotonic()) < until:
+        await asyncio.sleep(min(every, until - now))
+        stolen, now = stolen_seconds(), time.monotonic()
+        if stolen is None or last is None:
+            return None
+        peak = max(peak, (stolen - last) / max(now - at, 1e-3))
+        last, at = stolen, now
+    return peak
+
+
 async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech: "np.ndarray",
                 args: argparse.Namespace, count: int) -> dict:
     import asyncio
@@ -192,19 +237,22 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
     import numpy as np
 
     from ..engine.batcher import MicroBatcher
+    from ..gc_tuning import freeze_startup_objects
     from ..pipeline import SessionConfig
     from ..webrtc import LipSyncServer, ServerConfig
     from ..webrtc.server import listening
     from lipsync_rt.pipeline.metrics import MILESTONES, percentiles
 
-    from .threads import cores_by_group, thread_times
+    from .threads import cores_by_group, stolen_seconds, thread_times
 
     batcher = MicroBatcher(engine, max_batch=args.max_batch)
     server = LipSyncServer(batcher, {"face": avatar}, ServerConfig(max_sessions=count),
-                           session_config=SessionConfig(fps=args.fps, overhead_ms=args.overhead_ms))
+                           session_config=SessionConfig(fps=args.fps, overhead_ms=args.overhead_ms,
+                                                        max_overhead_ms=args.max_overhead_ms))
     clients = None
     try:
         async with listening(server) as url, aiohttp.ClientSession() as http:
+            freeze_startup_objects()        # as serve does once it is up (gc_tuning.py)
             clients = _Clients(url, http, count, args, frame, speech)
             await clients.connect()
             t0 = time.monotonic() + args.warmup
@@ -218,14 +266,15 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
             server.metrics.latencies.clear()
             for peer in peers:
                 peer.session.metrics.restart_timings()
-            cpu0, threads0 = os.times(), thread_times()
-            await asyncio.sleep(max(0.0, t1 - time.monotonic()))
-            cpu1, threads1 = os.times(), thread_times()
+            cpu0, threads0, stolen0 = os.times(), thread_times(), stolen_seconds()
+            stolen_peak = await _steal_peak(t1)
+            cpu1, threads1, stolen1 = os.times(), thread_times(), stolen_seconds()
             drops_each = [p.session.stats().frames_dropped - d for p, d in zip(peers, drops0)]
             drops = sum(drops_each) + server.metrics.input_frames_dropped - input0
             latency = [1000 * s for s in server.metrics.latencies]
             lookahead = peers[0].session.lookahead * 1000 if peers else float("nan")
             delays = [p.session.delay * 1000 for p in peers]
+            measured = [(p.session.lookahead + p.session.overhead) * 1000 for p in peers]
             stats = [p.session.stats() for p in peers]
             overhead_each = [s.overhead_ms["p99"] for s in stats]
             reached = {step: {"p50": float(np.mean([s.reached_ms[step]["p50"] for s in stats])),
@@ -245,9 +294,13 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
         "sessions": count, "holds": bool(holds), "clients": args.clients,
         "fps": {"min": min(fps), "mean": float(np.mean(fps)), "per_session": fps},
         "latency_ms": percentiles(latency), "overhead_ms": {"p99": overhead, "per_session_p99": overhead_each},
-        "lookahead_ms": lookahead, "delay_ms": {"min": min(delays), "max": max(delays)},
-        "drops": int(drops), "drops_per_session": drops_each,
+        "lookahead_ms": lookahead,
+        "delay_ms": {"min": min(delays), "max": max(delays), "at_start_min": min(measured), "at_start_max": max(measured)},
+        "delay_increases": sum(s.delay_increases for s in stats),
+        "drops": int(drops), "drops_per_session": drops_each, "drops_warmup": int(sum(drops0)),
         "cpu_cores": cpu, "server_cpu_per_session": cpu / count, "client_cpu_cores": client_cpu,
+        "stolen_cores": None if stolen0 is None or stolen1 is None else (stolen1 - stolen0) / (t1 - t0),
+        "stolen_peak_cores": stolen_peak,
         "batch_sizes": {str(k): v for k, v in sorted(sizes.items())},
         "server_cpu_by_thread": cores_by_group(threads0, threads1, t1 - t0),
         "server_waiting_by_thread": cores_by_group(threads0, threads1, t1 - t0, waiting=True),
@@ -284,8 +337,12 @@ def run(args: argparse.Namespace) -> int:
         steps.append(step)
         print(f"{count:4d} sessions: fps min {step['fps']['min']:.1f} mean {step['fps']['mean']:.1f}, "
               f"latency p99 {step['latency_ms']['p99']:.0f} ms (overhead {step['overhead_ms']['p99']:.0f} ms), "
-              f"drops {step['drops']}, server CPU {step['cpu_cores']:.2f} cores "
-              f"({step['server_cpu_per_session']:.2f} per session) -> {'holds' if step['holds'] else 'FAILS'}",
+              f"drops {step['drops']} ({step['drops_warmup']} in the warm-up), "
+              f"D {step['delay_ms']['at_start_max']:.0f} -> {step['delay_ms']['max']:.0f} ms, "
+              f"server CPU {step['cpu_cores']:.2f} cores ({step['server_cpu_per_session']:.2f} per session)"
+              + (f", stolen by the hypervisor {step['stolen_cores']:.2f} cores (at most {step['stolen_peak_cores']:.1f} "
+                 "in 100 ms)" if step["stolen_cores"] is not None else "")
+              + f" -> {'holds' if step['holds'] else 'FAILS'}",
               flush=True)
         if args.profile:
             _print_profile(step)
@@ -362,7 +419,7 @@ def plot_profile(payload: dict, path: str | os.PathLike) -> Path:
                 color=f"C{i}", label=f"{name} (p99)")
         ax.plot(xs, [s.get("reached_ms", {}).get(name, {}).get("p50", float("nan")) for s in steps], ":",
                 color=f"C{i}")
-    ax.plot(xs, [s["delay_ms"]["min"] - s["lookahead_ms"] for s in steps], "k--", label="budget D - L")
+    ax.plot(xs, [s["delay_ms"]["min"] - s["lookahead_ms"] for s in steps], "k--", label="budget D - L (at the end)")
     ax.axhline(0, color="grey", lw=0.6)
     ax.set(xlabel="concurrent sessions", ylabel="ms after the frame's audio was due",
            title="a frame's path (p99 solid, p50 dotted)")
@@ -383,12 +440,20 @@ def plot(payload: dict, path: str | os.PathLike) -> Path:
     ax1.plot(xs, [s["fps"]["min"] for s in steps], "o-", label="min per session")
     ax1.plot(xs, [s["fps"]["mean"] for s in steps], "s--", label="mean")
     ax1.axhline(fps, color="grey", lw=0.8)
-    ax1.set(xlabel="concurrent sessions", ylabel="frames/s received", title="frame rate")
+    for s in steps:
+        ax1.annotate(f"{s['drops']} drops", (s["sessions"], s["fps"]["min"]), textcoords="offset points",
+                     xytext=(0, -14), ha="center", fontsize=8)
+    ax1.margins(y=0.15)
+    ax1.set(xlabel="concurrent sessions", ylabel="frames/s received", title="frame rate (and lip-sync drops)")
     ax1.legend()
     ax2.plot(xs, [s["latency_ms"]["p99"] for s in steps], "o-", label="p99 latency")
     ax2.plot(xs, [s["overhead_ms"]["p99"] for s in steps], "s--", label="p99 pipeline overhead")
+    if all("delay_ms" in s for s in steps):
+        ax2.plot(xs, [s["delay_ms"]["max"] for s in steps], "^:", label="D (at the end)")
     ax2.axhline(50, color="grey", lw=0.8)
     ax2.set(xlabel="concurrent sessions", ylabel="ms", title="end-to-end latency")
     ax2.legend()
+    for ax in (ax1, ax2):
+        ax.set_xticks(xs)
     fig.suptitle(f"lipsync-rt WebRTC, {title}")
     return save_figure(fig, path)

@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=ranges.seconds, help="stop after this many seconds (default: until Ctrl-C, "
                         "or the end of --audio)")
     parser.add_argument("--overhead_ms", "--overhead-ms", type=ranges.milliseconds,
-                        help="processing budget D - L in ms, 0 to 10000 (default: measured)")
+                        help="processing budget D - L in ms, 0 to 10000, fixed (default: measured at start, "
+                        "then grown in pauses of the speech if frames come ready too late)")
     parser.add_argument("--quiet", action="store_true", help="no status line")
 
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from lipsync_rt.engine.factory import create_engine
     from lipsync_rt.errors import LipSyncError, MediaError
+    from lipsync_rt.gc_tuning import freeze_startup_objects
     from lipsync_rt.io import FileSource, Microphone, Mp4Sink, VirtualCamera, Webcam, run_sinks
     from lipsync_rt.media import CONTAINERS, check_folder, check_output, output_format
     from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
@@ -141,6 +143,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
         config = SessionConfig(fps=args.fps, live=True, overhead_ms=args.overhead_ms, source_audio=keep_source)
         session = LipSyncSession(engine, avatar=avatar, config=config)
+        freeze_startup_objects()           # before the clock starts: the collection takes a while
         await session.start()
         status = _Status(session, sink, quiet=args.quiet)
         tasks = []

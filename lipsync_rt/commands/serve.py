@@ -48,8 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--fps", type=ranges.fps, default=25.0, help="output frame rate, 1 to 240 (default: %(default)s)")
     parser.add_argument("--overhead-ms", "--overhead_ms", type=ranges.milliseconds,
-                        help="processing budget D - L of every session, in ms (default: "
-                        "measured as each session starts, so sessions that start under load get a larger one)")
+                        help="processing budget D - L of every session, in ms, fixed (default: measured as each "
+                        "session starts, then grown in pauses of its speech, up to 200 ms, when its frames come "
+                        "ready too close to their release time: sessions that join later slow the others)")
+    parser.add_argument("--max-overhead-ms", "--max_overhead_ms", type=ranges.milliseconds, default=200.0,
+                        help="how far a measured budget may grow with the load, in ms; 0 keeps each session's D "
+                        "as measured at its start (default: %(default)s)")
     parser.add_argument("--blend", choices=("feather", "none"), default="feather", help="paste-back mode")
     parser.add_argument("--stun", action="append", default=[], metavar="URL",
                         help="STUN/TURN server for ICE, e.g. stun:stun.example.org:3478 (repeatable; default: "
@@ -90,5 +94,5 @@ def run(args: argparse.Namespace) -> int:
     limit_arenas()      # a server that runs for weeks: memory flat over any number of sessions (heap.py)
     engine = create_engine(args.engine, args.checkpoint_path, device=args.device, progress=True)
     asyncio.run(serve_forever(engine, avatars, config, fps=args.fps, blend=args.blend, max_batch=args.max_batch,
-                              overhead_ms=args.overhead_ms, idle_paths=idle))
+                              overhead_ms=args.overhead_ms, max_overhead_ms=args.max_overhead_ms, idle_paths=idle))
     return 0

@@ -2,8 +2,9 @@
 
 A session maps media time to wall time with one anchor, T0 (``time.monotonic()`` when it started):
 media time t is due at ``T0 + t`` and leaves the session at ``T0 + t + D``. D = L + the processing
-budget, fixed for the session, so A/V sync at a sink is exact by construction and any frame that is
-not ready in time is replaced rather than waited for. Video and audio are released on this one
+budget, the same for video and audio, so A/V sync at a sink is exact by construction and any frame
+that is not ready in time is replaced rather than waited for. A late frame never makes D grow; the
+load can, in a pause of the speech (``playout.py``). Video and audio are released on this one
 clock; a WebRTC peer paces its outgoing tracks on one too. docs/architecture.md, "Timing", derives L.
 """
 

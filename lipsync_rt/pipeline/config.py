@@ -17,12 +17,15 @@ class SessionConfig:
     """How one :class:`~lipsync_rt.pipeline.LipSyncSession` runs.
 
     ``live``: real-time pacing (video frame i and its audio leave at ``T0 + i/fps + D``), the oldest
-    waiting video is dropped when processing falls behind, audio is never dropped, D is fixed.
+    waiting video is dropped when processing falls behind, audio is never dropped, D grows only with
+    the load and only in pauses.
     Offline: nothing is dropped or paced, stages throttle each other through bounded queues, and the
     output equals the batch ``infer`` path.
 
-    ``overhead_ms`` is the processing budget D - L. None picks it at start() from a warm-up
-    measurement of the engine (``calibration.measure_overhead``).
+    ``overhead_ms`` is the processing budget D - L, fixed for the session when given. None picks it
+    at start() from a warm-up measurement of the engine (``calibration.measure_overhead``) and then
+    lets it grow with the load, up to ``max_overhead_ms``, in pauses of the speech (``playout.py``);
+    ``max_overhead_ms`` None keeps the measured budget.
     ``audio_grace_ms``: in live mode, audio that is this late is replaced by silence (then appended
     when it comes), so one slow push does not make every later frame miss its release time.
     ``skip_silence``: frames whose whole mel window lies in such filled silence are not generated
@@ -54,6 +57,7 @@ class SessionConfig:
     rest_in_pauses: bool = True
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)
     overhead_ms: float | None = None
+    max_overhead_ms: float | None = 200.0
     audio_grace_ms: float = 20.0
     audio_chunk: int = 320
     skip_silence: bool = True
@@ -73,7 +77,7 @@ class SessionConfig:
             raise LipSyncError(str(e)) from None
         if self.batch_size < 1:
             raise LipSyncError(f"batch_size must be >= 1, got {self.batch_size}")
-        for name in ("overhead_ms", "audio_grace_ms", "max_wait_ms", "detail"):
+        for name in ("overhead_ms", "max_overhead_ms", "audio_grace_ms", "max_wait_ms", "detail"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise LipSyncError(f"{name} must be a finite number >= 0, got {value}")
@@ -102,6 +106,7 @@ class SessionStats:
     last generated mouth held (or easing back to the original) instead of the original picture.
     ``silence_cuts``: stretches of silence shorter than 100 ms filled in between two pushes (audio that
     came too late, a click in the output): a producer that keeps real time gets none.
+    ``delay``: D now, and ``delay_increases``: how often it grew with the load (``playout.py``).
     ``reached_ms`` (live): per generated frame, how long after its audio was due it reached each step
     (``audio in``: its mel window was cut, so its audio had arrived; ``engine start``; ``engine done``;
     ``ready``: pasted, the same figures as ``overhead_ms``); where the budget D - L goes.
@@ -124,3 +129,4 @@ class SessionStats:
     frames_held: int = 0
     silence_cuts: int = 0
     reached_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    delay_increases: int = 0

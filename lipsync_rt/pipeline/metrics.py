@@ -85,7 +85,7 @@ class SessionMetrics:
         if not isinstance(item, StreamEnd):
             self.frames_dropped += 1
 
-    def snapshot(self, *, silence_samples: int, delay: float, lookahead: float) -> SessionStats:
+    def snapshot(self, *, silence_samples: int, delay: float, lookahead: float, delay_increases: int = 0) -> SessionStats:
         return SessionStats(
             frames_out=self.frames_out, frames_generated=self.frames_generated,
             frames_dropped=self.frames_dropped, frames_idle=self.frames_idle,
@@ -96,4 +96,5 @@ class SessionMetrics:
             silence_cuts=self.silence_cuts,
             stage_ms={k: percentiles(v) for k, v in self.stage_ms.items()},
             reached_ms={k: percentiles(v) for k, v in self.reached_ms.items() if v},
+            delay_increases=delay_increases,
         )

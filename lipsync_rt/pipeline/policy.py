@@ -6,7 +6,7 @@ use and how to batch. Side by side:
 ===========================  ==========================================  ==============================
 question                     :class:`LivePolicy`                          :class:`OfflinePolicy`
 ===========================  ==========================================  ==============================
-queue of droppable work      drop the oldest (D never grows)             wait for room (backpressure)
+queue of droppable work      drop the oldest (a backlog adds no delay)   wait for room (backpressure)
 queue of windows, pictures   unbounded (never lose one)                  wait for room
 audio that has not come      silence once the producer is overdue        wait for it
                              (its pace + ``audio_grace_ms``), or the
@@ -17,13 +17,15 @@ a window that came early      becomes a job at T0 + t_i + L               at onc
 video frame i leaves         at T0 + t_i + D, ready or not               when it is settled
 audio sample s leaves        at T0 + s/16000 + D, in ``audio_chunk``s     when it is written, as written
 camera frame i is            the newest one at T0 + t_i                  the i-th one pushed
-D - L                        measured at start (or ``overhead_ms``)      ``overhead_ms`` or 0
+D - L                        measured at start, grows with the load in   ``overhead_ms`` or 0
+                             pauses (``playout.py``); or ``overhead_ms``
 latency and overhead         measured                                    not measured (None)
 ===========================  ==========================================  ==============================
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -32,12 +34,15 @@ from lipsync_rt.audio import SAMPLE_RATE
 from .calibration import Probe, measure_overhead, warm_up
 from .clock import MediaClock, sleep_until
 from .config import SessionConfig
+from .playout import PlayoutDelay
 from .queues import BackpressureQueue, DropOldestQueue, Inbox, Queue
 from .timeline import Timeline
 
 if TYPE_CHECKING:
     from .stages.camera import Camera, Tracker
     from .stages.release import ReleaseStage
+
+log = logging.getLogger("lipsync_rt.pipeline.session")
 
 
 class Policy:
@@ -48,6 +53,8 @@ class Policy:
     tick: Optional[float]
     #: Whether a batch waits for more jobs of its block (True) or takes only those already waiting.
     fill_batches: bool
+    #: The processing budget that follows the load (live, measured budget only; ``playout.py``).
+    playout: Optional[PlayoutDelay] = None
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
@@ -64,7 +71,7 @@ class Policy:
         raise NotImplementedError
 
     async def processing_budget(self, probe: Probe) -> float:
-        """D - L in seconds, fixed for the session."""
+        """D - L in seconds as the session starts (live, ``playout`` may grow it later)."""
         raise NotImplementedError
 
     def samples_due(self, now: float) -> Optional[int]:
@@ -93,8 +100,13 @@ class Policy:
         raise NotImplementedError
 
     def overhead(self, index: int, now: float) -> Optional[float]:
-        """How long after its audio was due frame ``index`` became ready at ``now`` (None: not measured)."""
+        """How long after its audio was due frame ``index`` reached a step at ``now`` (None: not measured)."""
         raise NotImplementedError
+
+    def frame_settled(self, index: int, now: float) -> Optional[float]:
+        """Frame ``index`` was pasted, or given up as late, at ``now``: its :meth:`overhead`, which
+        the live policy also feeds to its playout delay."""
+        return self.overhead(index, now)
 
     async def job_slot(self, index: int) -> None:
         """Until frame ``index`` may become a job: audio pushed faster than real time (a TTS reply
@@ -138,7 +150,10 @@ class LivePolicy(Policy):
         await warm_up(probe, self.config.batch_size)
         if self.config.overhead_ms is not None:
             return self.config.overhead_ms / 1000
-        return await measure_overhead(probe, self.config.audio_grace_ms)
+        budget = await measure_overhead(probe, self.config.audio_grace_ms)
+        if self.config.max_overhead_ms is not None:
+            self.playout = PlayoutDelay(budget, self.config.max_overhead_ms / 1000)
+        return budget
 
     def samples_due(self, now: float) -> Optional[int]:
         return math.floor(self.clock.sample_due(now) - self._grace)
@@ -168,13 +183,34 @@ class LivePolicy(Policy):
     def overhead(self, index: int, now: float) -> Optional[float]:
         return now - (self.clock.t0 + self.clock.frame_time(index) + self.lookahead)
 
+    def frame_settled(self, index: int, now: float) -> Optional[float]:
+        overhead = self.overhead(index, now)
+        if self.playout is not None:
+            self.playout.observe(overhead)
+        return overhead
+
     async def job_slot(self, index: int) -> None:
         # when its window would be complete had the audio come in real time: the budget D - L is
         # what processing gets, as it does for a microphone
         await sleep_until(self.clock.t0 + self.clock.frame_time(index) + self.lookahead)
 
     async def video_slot(self, index: int, release: "ReleaseStage") -> None:
+        if self.playout is not None:
+            self._follow_load(index, release)
         await sleep_until(self.clock.release_time(index))
+
+    def _follow_load(self, index: int, release: "ReleaseStage") -> None:
+        """Grow D to the budget the playout delay asks for, if the output is in a pause from frame
+        ``index`` on (``playout.py``): frame ``index`` and the audio from there leave that much later."""
+        assert self.playout is not None
+        budget = self.playout.wanted()
+        if budget is None or not release.quiet_from(index):
+            return
+        before = self.clock.delay
+        self.playout.grow(budget)
+        self.clock.delay = self.lookahead + budget
+        log.info("D grew from %.0f to %.0f ms in a pause: frames came ready too close to their release time",
+                 before * 1000, self.clock.delay * 1000)
 
     async def audio_slot(self, position: int, timeline: Timeline) -> int:
         await sleep_until(self.clock.audio_release_time(position))

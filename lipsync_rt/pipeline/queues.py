@@ -5,7 +5,7 @@ Two kinds, chosen by the session's policy (``policy.py``):
 - :class:`BackpressureQueue`: ``put`` waits while the queue is full, so a slow stage throttles the
   ones before it (offline: nothing is lost, the reader slows down). ``maxsize`` 0 is unbounded.
 - :class:`DropOldestQueue`: ``put`` never waits; when full, the oldest item leaves and is handed to
-  ``on_drop`` (live: D never grows, the stalest work is what is given up).
+  ``on_drop`` (live: a backlog never delays what comes after it; the stalest work is given up).
 
 Pushed input enters through an :class:`Inbox`, which is safe to feed from any thread.
 

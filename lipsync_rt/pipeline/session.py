@@ -12,7 +12,7 @@ Each stage (``stages/``) is one asyncio task with one job; heavy work runs in th
 in its own, crops and blending in another, the engine in the MicroBatcher's). The policy
 (``policy.py``) answers every question on which live and offline sessions differ: live, the session
 releases frame i and its audio at T0 + t_i + D on the audio-sample clock, and a frame not ready by
-then leaves as its original picture, so D never grows; offline, nothing is dropped and bounded queues
+then leaves as its original picture, so a backlog never delays later frames; offline, nothing is dropped and bounded queues
 throttle the producers.
 
 A voice agent speaks in segments (``push_audio(..., segment=ID)``, ``end_of_segment``), hears
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Optional, Protocol, Union
 
@@ -86,7 +87,7 @@ class LipSyncSession:
         # A model whose audio window starts earlier (mel_offset < 0) needs less audio ahead of each frame.
         self.mel_offset = int(getattr(getattr(engine, "engine", engine), "mel_offset", 0))
         self.lookahead = lookahead(self.mel_offset)
-        self.overhead = self.delay = float("nan")
+        self.overhead = float("nan")     # the processing budget D - L measured at start
         self.clock = MediaClock(config.fps, mel_offset=self.mel_offset)
         self.policy = policy_for(config, self.clock, self.lookahead)
         self.metrics = SessionMetrics()
@@ -313,12 +314,20 @@ class LipSyncSession:
         if self._error is not None:
             raise self._error
 
+    @property
+    def delay(self) -> float:
+        """D now: L + the processing budget (NaN before start); live, it may grow with the load
+        (``playout.py``)."""
+        return float("nan") if math.isnan(self.overhead) else self.clock.delay
+
     def stats(self) -> SessionStats:
         audio = self._stages.get("audio")
         if audio is not None:
             self.metrics.silence_cuts = audio.silence_cuts
+        playout = self.policy.playout
         return self.metrics.snapshot(silence_samples=self._timeline.silence_samples, delay=self.delay,
-                                     lookahead=self.lookahead)
+                                     lookahead=self.lookahead,
+                                     delay_increases=playout.increases if playout is not None else 0)
 
     @property
     def playing(self) -> Optional[SegmentId]:
@@ -452,7 +461,7 @@ class LipSyncSession:
             self._tracker = await self._loop.run_in_executor(
                 self._track_pool, lambda: FaceTracker(keyframe_interval=cfg.keyframe_interval, pads=cfg.pads))
         self.overhead = await self.policy.processing_budget(model.probe)
-        self.delay = self.clock.delay = self.lookahead + self.overhead
+        self.clock.delay = self.lookahead + self.overhead
         return model, blender
 
     async def _release_then_end(self, release: ReleaseStage) -> None:

@@ -17,10 +17,13 @@ from collections import deque
 
 import numpy as np
 
-from lipsync_rt.audio import HOP, MEL_SILENCE, MEL_STEP, N_MELS, StreamingMel
+from lipsync_rt.audio import HOP, MEL_SILENCE, MEL_STEP, N_MELS, SAMPLE_RATE, StreamingMel
 
 from .clock import MediaClock
 from .source_audio import SourceAudio
+
+#: RMS (full scale 1) under which 10 ms of audio counts as a pause: -40 dBFS, below speech, above a quiet room
+QUIET_LEVEL = 0.01
 
 
 class Timeline:
@@ -110,6 +113,18 @@ class Timeline:
             if b <= start:
                 break
         return False
+
+    def quiet(self, start: int, stop: int, level: float = QUIET_LEVEL) -> bool:
+        """True when what is still held of [start, stop) (nothing counts too) stays below ``level``
+        RMS in every 10 ms block: no speech in it, or none yet."""
+        if self._chunks:
+            start = max(start, self._chunks[0][0])
+        samples = self.read(start, stop) if stop > start else np.zeros(0, np.float32)
+        if samples.size == 0:
+            return True
+        edges = np.arange(0, samples.size, SAMPLE_RATE // 100)
+        power = np.add.reduceat(np.square(samples, dtype=np.float64), edges) / np.diff(np.append(edges, samples.size))
+        return bool(np.all(power < level * level))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Samples [start, stop) (stop clipped to ``end``); positions already discarded raise."""

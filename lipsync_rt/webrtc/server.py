@@ -29,6 +29,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from ..errors import LipSyncError
+from ..gc_tuning import freeze_startup_objects
 from . import encode_pool
 from .heap import HeapTrimmer
 from .hub import SessionHub
@@ -461,6 +462,7 @@ def _quiet_closed_connections(loop: asyncio.AbstractEventLoop, context: dict) ->
 async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str, Path], config: ServerConfig, *,
                         fps: float = 25.0,
                         blend: str = "feather", max_batch: int = 16, overhead_ms: Optional[float] = None,
+                        max_overhead_ms: Optional[float] = 200.0,
                         ready: Optional[Callable[[str], None]] = None,
                         idle_paths: Optional[dict[str, Path]] = None) -> None:
     """Prepare the avatars (with their idle clips), start the server, print its address, and run until
@@ -471,10 +473,12 @@ async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str,
     asyncio.get_running_loop().set_exception_handler(_quiet_closed_connections)
     encode_pool.install(asyncio.get_running_loop(), config.encode_threads, config.encode_nice)
     avatars = await prepare_avatars(avatar_paths, engine, fps=fps, idle=idle_paths)
-    server = LipSyncServer(engine, avatars, config, session_config=SessionConfig(fps=fps, blend=blend, overhead_ms=overhead_ms),
+    server = LipSyncServer(engine, avatars, config, session_config=SessionConfig(
+        fps=fps, blend=blend, overhead_ms=overhead_ms, max_overhead_ms=max_overhead_ms),
                            max_batch=max_batch)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
+    freeze_startup_objects()
     try:
         site = web.TCPSite(runner, config.host, config.port)
         try:

@@ -51,7 +51,7 @@ class BlendStage:
             for job, image in zip(batch.jobs, images):
                 self._release.submit(FrameResult(job.index, image, True, job.capture_time, None, job.generation,
                                                  job.frame.avatar_index, tuple(job.frame.track.box)))
-                self._metrics.ready(self._policy.overhead(job.index, now))
+                self._metrics.ready(self._policy.frame_settled(job.index, now))
 
     def _paste(self, batch: GeneratedFaces) -> list[np.ndarray]:
         paste, rest = self._blender.paste, self._rest

@@ -109,6 +109,7 @@ class InferStage:
             if self._generation.stale(job.generation):
                 continue
             if self._policy.is_late(job.index, now):
+                self._policy.frame_settled(job.index, now)
                 self._release.submit(FrameResult.passed_through(job.frame, DROPPED, job.generation))
             else:
                 kept.append(job)

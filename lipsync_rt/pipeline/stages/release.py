@@ -35,6 +35,9 @@ from ..timeline import Timeline
 if TYPE_CHECKING:
     from ..policy import Policy
 
+#: how much of the coming audio must be quiet for the output to count as in a pause (``quiet_from``)
+QUIET_AHEAD = 0.2
+
 
 class ReleaseStage:
     """``submit`` settles a frame; ``run`` releases video into ``video_out`` and audio into ``audio_out``.
@@ -93,6 +96,13 @@ class ReleaseStage:
         """Let go of every frame waiting here (the session is closed)."""
         self._waiting.clear()
         self._changed.set()
+
+    def quiet_from(self, index: int) -> bool:
+        """Whether the output is in a pause from frame ``index`` on: the audio from where it starts (or
+        from what is about to leave, if earlier) through the next ``QUIET_AHEAD`` s is quiet, as far as it
+        has come. Where the live clock may be moved back unnoticed (``playout.py``)."""
+        start = min(self.audio_position, round(self._clock.frame_time(index) * SAMPLE_RATE))
+        return self._timeline.quiet(start, start + round(QUIET_AHEAD * SAMPLE_RATE))
 
     def held(self, index: int) -> Optional[FrameResult]:
         """What frame ``index`` would show if it left now, as settled so far (None: nothing yet)."""
