@@ -10,7 +10,8 @@ of 1,500 frames in a 20 s run, against 2-27 with the fix; ``benchmarks/RESULTS.m
 generation, which later collections skip. Objects that are freed by reference counting (almost all)
 are freed as before; only garbage cycles among the frozen objects would stay, and start-up makes none
 worth counting. Call it when start-up is over and before the first live frame: after the engine,
-the avatars and the server are ready.
+the avatars and the server are ready; and :func:`thaw` when the live work is over, in a process that
+goes on (a test run calling the commands in turn), so that what was frozen can be collected again.
 """
 
 from __future__ import annotations
@@ -28,3 +29,8 @@ def freeze_startup_objects() -> int:
     frozen = gc.get_freeze_count()
     log.debug("%d start-up objects exempt from garbage collection", frozen)
     return frozen
+
+
+def thaw() -> None:
+    """The live work is over: everything frozen is the collector's again."""
+    gc.unfreeze()

@@ -3,6 +3,8 @@ camera, Ctrl-C finalising the file, and one-line errors for missing devices."""
 
 from __future__ import annotations
 
+import gc
+
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ def demo_args(face, audio, checkpoint, *extra):
 def test_dry_run_to_an_mp4(tmp_path, face_video, speech, generator_checkpoint, capsys):
     out = tmp_path / "demo.mp4"
     assert main(demo_args(face_video, speech, generator_checkpoint, "--output", str(out), "--duration", "1")) == 0
+    assert gc.get_freeze_count() == 0                           # start-up objects frozen while live, then not
     info = probe(out)
     assert info.has_audio and info.frame_count == 22            # mel_chunks count for 1.0 s at 25 fps
     assert info.audio_duration_s == pytest.approx(1.0, abs=0.07)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from lipsync_rt.commands import DEFAULT_ENGINE, ENGINE_CHOICES, ENGINE_HELP, ranges
-from lipsync_rt.gc_tuning import freeze_startup_objects
+from lipsync_rt.gc_tuning import freeze_startup_objects, thaw
 
 if TYPE_CHECKING:
     from lipsync_rt.engine import Engine
@@ -193,6 +193,7 @@ async def measure(args: argparse.Namespace, clip: str) -> dict:
         await asyncio.gather(feeder, return_exceptions=True)
         await probe.stop()
         await session.close()
+        thaw()
     cpu = (_cpu() - cpu0) / (time.monotonic() - wall0)
     stats = session.stats()
 

@@ -237,7 +237,7 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
     import numpy as np
 
     from ..engine.batcher import MicroBatcher
-    from ..gc_tuning import freeze_startup_objects
+    from ..gc_tuning import freeze_startup_objects, thaw
     from ..pipeline import SessionConfig
     from ..webrtc import LipSyncServer, ServerConfig
     from ..webrtc.server import listening
@@ -288,6 +288,7 @@ async def _step(engine: "Engine", avatar: "Avatar", frame: "np.ndarray", speech:
             clients.stop()
         await server.close()
         await batcher.close()
+        thaw()
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0)
     holds = len(fps) == count and min(fps) >= 0.95 * args.fps and drops == 0
     return {

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from lipsync_rt.engine.factory import create_engine
     from lipsync_rt.errors import LipSyncError, MediaError
-    from lipsync_rt.gc_tuning import freeze_startup_objects
+    from lipsync_rt.gc_tuning import freeze_startup_objects, thaw
     from lipsync_rt.io import FileSource, Microphone, Mp4Sink, VirtualCamera, Webcam, run_sinks
     from lipsync_rt.media import CONTAINERS, check_folder, check_output, output_format
     from lipsync_rt.pipeline import Avatar, LipSyncSession, SessionConfig
@@ -167,6 +167,7 @@ async def _demo(args: argparse.Namespace) -> int:
             await session.close()
             status.done()
     finally:
+        thaw()
         for stop in reversed(opened):
             stop()
     stats = session.stats()

@@ -33,6 +33,8 @@ from lipsync_rt.timebase import as_rate
 
 log = logging.getLogger(__name__)
 AUDIO_RATE = 44100
+#: how long a one-shot RTMP listener gets to listen again after the reachability probe took its connection
+RELISTEN_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,31 @@ class RtmpSink:
             self._failed(f"cannot connect: {why}")
             return False
         try:
-            options = {"rw_timeout": str(int(self.timeout_s * 1e6)), "flvflags": "no_duration_filesize"}
-            container = av.open(self.url, "w", format="flv", options=options, timeout=self.timeout_s)
-        except (av.FFmpegError, OSError) as error:
-            self._failed(f"cannot connect: {error}")
-            return False
+            container, video, audio = self._open(width, height)
+        except (av.FFmpegError, OSError, ValueError):
+            # A one-shot listener (FFmpeg's or ffplay's ``-listen 1``) takes the probe above as its
+            # connection and must listen again: give it a moment, once.
+            time.sleep(RELISTEN_S)
+            try:
+                container, video, audio = self._open(width, height)
+            except (av.FFmpegError, OSError, ValueError) as error:
+                self._failed(f"cannot connect: {error}")
+                return False
+        self._container, self._video, self._audio = container, video, audio
+        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+        self._base, self._audio_next = None, None
+        self._backoff = self.retry_s
+        self.stats = replace(self.stats, connects=self.stats.connects + 1)
+        log.info("RTMP: connected to %s%s", _redact(self.url),
+                 f" (reconnect {self.stats.reconnects})" if self.stats.connects > 1 else "")
+        return True
+
+    def _open(self, width: int, height: int):
+        """The FLV container and its two streams, connected (the RTMP handshake done); raises if not."""
+        import av
+
+        options = {"rw_timeout": str(int(self.timeout_s * 1e6)), "flvflags": "no_duration_filesize"}
+        container = av.open(self.url, "w", format="flv", options=options, timeout=self.timeout_s)
         try:                                  # (opening only parses the URL; nothing is sent yet)
             video = container.add_stream("libx264", rate=self.rate)
             video.width, video.height, video.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
@@ -98,18 +120,10 @@ class RtmpSink:
             audio = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
             audio.bit_rate = self.audio_bitrate
             container.start_encoding()        # the TCP connection and the RTMP handshake happen here
-        except (av.FFmpegError, OSError, ValueError) as error:
+        except BaseException:
             _close_quietly(container)
-            self._failed(f"cannot connect: {error}")
-            return False
-        self._container, self._video, self._audio = container, video, audio
-        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
-        self._base, self._audio_next = None, None
-        self._backoff = self.retry_s
-        self.stats = replace(self.stats, connects=self.stats.connects + 1)
-        log.info("RTMP: connected to %s%s", _redact(self.url),
-                 f" (reconnect {self.stats.reconnects})" if self.stats.connects > 1 else "")
-        return True
+            raise
+        return container, video, audio
 
     def _failed(self, why: str) -> None:
         """The stream is down: drop the connection, count it, and wait before the next attempt."""

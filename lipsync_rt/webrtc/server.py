@@ -29,7 +29,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from ..errors import LipSyncError
-from ..gc_tuning import freeze_startup_objects
+from ..gc_tuning import freeze_startup_objects, thaw
 from . import encode_pool
 from .heap import HeapTrimmer
 from .hub import SessionHub
@@ -496,3 +496,4 @@ async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str,
     finally:
         await runner.cleanup()
         await server.close()
+        thaw()
