@@ -3,7 +3,7 @@
 A live server holds about 200,000 objects the collector tracks once torch, onnxruntime, aiortc and the
 models are loaded, and none of them ever becomes garbage. A full (generation 2) collection walks
 them all while holding the GIL: on the 2-core development VM that took 90-130 ms, every 10-20 s with
-three WebRTC sessions, and every session missed the release time of the frames due meanwhile (40-65
+three WebRTC sessions, and every session missed the release time of the frames due meanwhile (43-66
 of 1,500 frames in a 20 s run, against 2-27 with the fix; ``benchmarks/RESULTS.md``).
 
 :func:`freeze_startup_objects` collects once and moves what survives into the collector's permanent

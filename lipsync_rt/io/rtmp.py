@@ -104,7 +104,7 @@ class RtmpSink:
                  f" (reconnect {self.stats.reconnects})" if self.stats.connects > 1 else "")
         return True
 
-    def _open(self, width: int, height: int):
+    def _open(self, width: int, height: int) -> tuple:
         """The FLV container and its two streams, connected (the RTMP handshake done); raises if not."""
         import av
 
