@@ -67,8 +67,8 @@ def main() -> int:
             runs[name].append(run)
             print(f"run {k + 1} {name} ({extra or 'defaults'}): drops {run['drops']} "
                   f"({run['drops_warmup']} in the warm-up), D {run['delay_ms']['at_start_max']:.0f} -> "
-                  f"{run['delay_ms']['max']:.0f} ms, stolen {run['stolen_cores']:.2f} cores "
-                  f"(peak {run['stolen_peak_cores']:.1f})", flush=True)
+                  f"{run['delay_ms']['max']:.0f} ms, stolen {run['stolen_cores'] or 0:.2f} cores "
+                  f"(peak {run['stolen_peak_cores'] or 0:.1f})", flush=True)
     payload = {"benchmark": "webrtc repeats", "sessions": args.sessions, "warmup_s": args.warmup,
                "seconds": args.seconds, "settings": settings,
                "summary": {name: summary(r) for name, r in runs.items()}, "runs": runs}

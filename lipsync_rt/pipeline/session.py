@@ -12,8 +12,8 @@ Each stage (``stages/``) is one asyncio task with one job; heavy work runs in th
 in its own, crops and blending in another, the engine in the MicroBatcher's). The policy
 (``policy.py``) answers every question on which live and offline sessions differ: live, the session
 releases frame i and its audio at T0 + t_i + D on the audio-sample clock, and a frame not ready by
-then leaves as its original picture, so a backlog never delays later frames; offline, nothing is dropped and bounded queues
-throttle the producers.
+then leaves as its original picture, so a backlog never delays later frames; offline, nothing is
+dropped and bounded queues throttle the producers.
 
 A voice agent speaks in segments (``push_audio(..., segment=ID)``, ``end_of_segment``), hears
 ``PlaybackStarted``/``PlaybackFinished`` back (``events()``, ``on_event``, or in-band on the audio
@@ -87,7 +87,7 @@ class LipSyncSession:
         # A model whose audio window starts earlier (mel_offset < 0) needs less audio ahead of each frame.
         self.mel_offset = int(getattr(getattr(engine, "engine", engine), "mel_offset", 0))
         self.lookahead = lookahead(self.mel_offset)
-        self.overhead = float("nan")     # the processing budget D - L measured at start
+        self.overhead = float("nan")     # the processing budget D - L set at start (measured or given)
         self.clock = MediaClock(config.fps, mel_offset=self.mel_offset)
         self.policy = policy_for(config, self.clock, self.lookahead)
         self.metrics = SessionMetrics()

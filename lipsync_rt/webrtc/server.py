@@ -30,6 +30,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from ..errors import LipSyncError
 from ..gc_tuning import freeze_startup_objects, thaw
+from ..pipeline.config import SessionConfig
 from . import encode_pool
 from .heap import HeapTrimmer
 from .hub import SessionHub
@@ -43,7 +44,7 @@ from .shared_video import share_encoder
 
 if TYPE_CHECKING:
     from ..engine import Engine, MicroBatcher
-    from ..pipeline import Avatar, LipSyncSession, SessionConfig
+    from ..pipeline import Avatar, LipSyncSession
 
     #: Makes one session from the shared batcher and the avatar chosen (None in camera mode).
     SessionFactory = Callable[[MicroBatcher, Optional[Avatar]], LipSyncSession]
@@ -129,7 +130,7 @@ class LipSyncServer:
         self.heap = HeapTrimmer()
 
     def _default_session(self, engine: "MicroBatcher", avatar: Optional["Avatar"]) -> "LipSyncSession":
-        from ..pipeline import LipSyncSession, SessionConfig
+        from ..pipeline import LipSyncSession
 
         return LipSyncSession(engine, avatar=avatar, config=self._session_config or SessionConfig())
 
@@ -462,12 +463,11 @@ def _quiet_closed_connections(loop: asyncio.AbstractEventLoop, context: dict) ->
 async def serve_forever(engine: "Engine | MicroBatcher", avatar_paths: dict[str, Path], config: ServerConfig, *,
                         fps: float = 25.0,
                         blend: str = "feather", max_batch: int = 16, overhead_ms: Optional[float] = None,
-                        max_overhead_ms: Optional[float] = 200.0,
+                        max_overhead_ms: Optional[float] = SessionConfig.max_overhead_ms,
                         ready: Optional[Callable[[str], None]] = None,
                         idle_paths: Optional[dict[str, Path]] = None) -> None:
     """Prepare the avatars (with their idle clips), start the server, print its address, and run until
     cancelled (Ctrl-C)."""
-    from ..pipeline import SessionConfig
     from .avatars import prepare_avatars
 
     asyncio.get_running_loop().set_exception_handler(_quiet_closed_connections)
